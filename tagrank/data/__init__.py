@@ -1,0 +1,1 @@
+"""Datasets: ranked-tag records (records.py), sources that build them, and one DataModule."""

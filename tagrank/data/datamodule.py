@@ -1,0 +1,144 @@
+"""One Dataset and one LightningDataModule for every manifest.
+
+A batch is a dict: ``index`` (row in the manifest), ``target`` (tag ids in ground-truth order, padded
+with -1), and ``features`` (cached backbone features) and/or ``image`` (a normalised tensor), depending
+on whether the backbone is frozen for the whole run or fine-tuned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from lightning import LightningDataModule
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+from tagrank.data.records import MANIFEST, SPLITS, VOCAB, Record, Vocabulary, read_manifest
+from tagrank.data.source import Source, ensure_built
+from tagrank.errors import TagrankError
+
+
+def image_transform(image_size: int, mean: tuple, std: tuple) -> Callable:
+    """Square resize (no crop: a tag may name an object at the border), then normalise."""
+    return T.Compose([T.ToImage(), T.Resize((image_size, image_size), antialias=True),
+                      T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+
+
+def load_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise TagrankError(f"{path}: cannot read image ({err})") from err
+
+
+class RankedTagDataset(Dataset):
+    def __init__(self, rows: list[int], targets: torch.Tensor, paths: list[Path],
+                 features: torch.Tensor | None = None, transform: Callable | None = None) -> None:
+        self.rows, self.targets, self.paths = rows, targets, paths
+        self.features, self.transform = features, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = self.rows[i]
+        item = {"index": torch.tensor(row), "target": self.targets[row]}
+        if self.features is not None:
+            item["features"] = self.features[row]
+        if self.transform is not None:
+            item["image"] = self.transform(load_image(self.paths[row]))
+        return item
+
+
+class RankedTagDataModule(LightningDataModule):
+    """Builds the source's dataset once (cached), the vocabulary from its training split, and loaders.
+
+    Before loaders are asked for, the training script attaches either cached features
+    (:meth:`use_features`) or an image transform (:meth:`use_images`), or both.
+    """
+
+    def __init__(self, source: Source, cache_dir: str, min_tag_count: int = 1, batch_size: int = 16,
+                 eval_batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
+        super().__init__()
+        self.source, self.cache_dir, self.min_tag_count = source, Path(cache_dir).expanduser(), min_tag_count
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.dataset_dir: Path | None = None
+        self.records: list[Record] = []
+        self.vocab: Vocabulary | None = None
+        self.features: torch.Tensor | None = None
+        self.transform: Callable | None = None
+
+    @property
+    def name(self) -> str:
+        """Identifies the built dataset (source type + parameters): the feature-cache key uses it."""
+        return self.source.cache_key()
+
+    def prepare_data(self) -> None:
+        self.dataset_dir = ensure_built(self.source, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.vocab is not None:
+            return
+        if self.dataset_dir is None:
+            self.prepare_data()
+        self.records = read_manifest(self.dataset_dir / MANIFEST)
+        vocab_path = self.dataset_dir / VOCAB
+        vocab = Vocabulary.load(vocab_path) if vocab_path.is_file() else None
+        if vocab is None or vocab.min_tag_count != self.min_tag_count:
+            vocab = Vocabulary.build(self.records, self.min_tag_count)
+            vocab.save(vocab_path)
+        if len(vocab) == 0:
+            raise TagrankError(f"{self.dataset_dir / MANIFEST}: no tag is seen data.min_tag_count={self.min_tag_count} "
+                               "times in the training split; lower data.min_tag_count or add data")
+        for split in SPLITS:
+            if not any(r.split == split for r in self.records):
+                raise TagrankError(f"{self.dataset_dir / MANIFEST}: the {split} split is empty")
+        self.vocab = vocab
+        encoded = [vocab.encode(r.tags) for r in self.records]
+        self.max_len = max(1, max(len(e) for e in encoded))
+        self.targets = torch.full((len(encoded), self.max_len), -1, dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            self.targets[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        root = self.source.image_root(self.dataset_dir)
+        self.paths = [root / r.image for r in self.records]
+
+    @property
+    def num_tags(self) -> int:
+        self.setup()
+        return len(self.vocab)
+
+    def rows(self, split: str) -> list[int]:
+        return [i for i, r in enumerate(self.records) if r.split == split]
+
+    def use_features(self, features: torch.Tensor | None) -> None:
+        if features is not None and len(features) != len(self.records):
+            raise TagrankError(f"feature cache has {len(features)} rows for {len(self.records)} images")
+        self.features = features
+
+    def use_images(self, transform: Callable | None) -> None:
+        self.transform = transform
+
+    def dataset(self, split: str) -> RankedTagDataset:
+        self.setup()
+        if self.features is None and self.transform is None:
+            raise TagrankError("the data module has neither cached features nor an image transform attached")
+        return RankedTagDataset(self.rows(split), self.targets, self.paths, self.features, self.transform)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,67 @@
+"""Backbone features computed once per (dataset, backbone, weights, image size) and cached on disk.
+
+A frozen backbone gives the same feature for an image every epoch, so on a CPU the sensible unit of
+work is one pass over the images (the "prepare" step), after which training touches only a small
+tensor. The cache file is written to a temporary name and renamed, so a killed run never leaves a
+file that a later run would load as valid; a file that does not match the dataset is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tagrank.data.datamodule import RankedTagDataModule, RankedTagDataset
+
+log = logging.getLogger(__name__)
+
+
+def feature_cache_path(cache_dir: Path, dataset: str, backbone: str, weights_digest: str, image_size: int) -> Path:
+    return Path(cache_dir).expanduser() / "features" / f"{dataset}__{backbone}-{weights_digest}-{image_size}px.pt"
+
+
+@torch.no_grad()
+def extract(backbone: nn.Module, dataset: RankedTagDataset, batch_size: int = 64, num_workers: int = 0) -> torch.Tensor:
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    out = []
+    for i, batch in enumerate(loader):
+        out.append(backbone(batch["image"].to(device)).float().cpu())
+        if i % 20 == 0:
+            log.info("features: %d/%d images", min((i + 1) * batch_size, len(dataset)), len(dataset))
+    return torch.cat(out)
+
+
+def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name: str, weights_digest: str,
+                    image_size: int, transform, batch_size: int = 64, num_workers: int = 0) -> torch.Tensor:
+    """Features of every image of the data module, in manifest order, from the cache or computed now."""
+    dm.setup()
+    path = feature_cache_path(dm.cache_dir, dm.name, backbone_name, weights_digest, image_size)
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached["images"] == [r.image for r in dm.records]:
+                log.info("features: reusing %s", path)
+                return cached["features"]
+            log.warning("features: %s was made for other images; recomputing", path)
+        except Exception as err:  # an unreadable cache is rebuilt, never trusted
+            log.warning("features: %s is unreadable (%s); recomputing", path, err)
+    all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform)
+    features = extract(backbone, all_rows, batch_size, num_workers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"images": [r.image for r in dm.records], "features": features}, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    log.info("features: cached %s %s", tuple(features.shape), path)
+    return features

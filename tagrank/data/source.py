@@ -1,0 +1,67 @@
+"""Where a dataset's records come from: one ``Source`` subclass per format, built once into a cache.
+
+A source turns raw data (a generator, a VOC devkit, COCO JSON...) into ranked-tag records. Its
+parameters name the cache folder, so changing any of them builds a new dataset instead of silently
+reusing a stale one; the folder appears whole (built aside, then renamed) or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from pathlib import Path
+
+from tagrank.data.records import MANIFEST, Record, write_manifest
+from tagrank.errors import TagrankError
+
+
+@dataclass
+class Source:
+    """Base class; subclasses are dataclasses whose fields are their (plain) parameters."""
+
+    name = "source"
+
+    def build(self, out_dir: Path) -> list[Record]:
+        """Write whatever files the dataset needs under ``out_dir`` and return its records."""
+        raise NotImplementedError
+
+    def image_root(self, dataset_dir: Path) -> Path:
+        """The folder that record image paths are relative to (the cache folder by default)."""
+        return dataset_dir
+
+    def cache_key(self) -> str:
+        params = asdict(self) if is_dataclass(self) else {}
+        blob = json.dumps({"source": type(self).__name__, **params}, sort_keys=True, default=str)
+        return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def ensure_built(source: Source, cache_dir: Path) -> Path:
+    """The dataset folder of ``source`` under ``cache_dir``, building it first if it is not there."""
+    cache_dir = Path(cache_dir).expanduser()
+    target = cache_dir / source.cache_key()
+    if (target / MANIFEST).is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".partial"))
+    try:
+        records = source.build(tmp)
+        if not records:
+            raise TagrankError(f"data source {source.name!r} produced no records (check data.root and its contents)")
+        write_manifest(records, tmp / MANIFEST)
+        (tmp / "source.json").write_text(json.dumps({"source": type(source).__name__, **asdict(source)}, indent=1, default=str))
+        if target.exists():  # a half-built folder from an older version: never reuse it
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except FileExistsError:
+        pass  # another process finished the same build first; both are identical
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def source_fields(source: Source) -> list[str]:
+    return [f.name for f in fields(source)]

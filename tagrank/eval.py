@@ -1,0 +1,78 @@
+"""Re-evaluate a checkpoint on a split and print the same table training printed.
+
+    tagrank-eval ckpt_path=<run>/checkpoints/best.ckpt
+    tagrank-eval ckpt_path=... split=val
+    tagrank-eval ckpt_path=... data=synthetic data.source.seed=1     # another dataset
+
+The data and backbone settings default to those of the run that wrote the checkpoint
+(``<run>/.hydra/config.yaml``), so the numbers match what that run reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tagrank import CONF_DIR
+from tagrank.config import run_cli
+from tagrank.errors import TagrankError
+from tagrank.pipeline import attach_inputs, build_data, build_trainer, report
+
+log = logging.getLogger("tagrank")
+
+
+def load_checkpoint(path: Path) -> L.LightningModule:
+    """Rebuild the module a checkpoint was written by, from the checkpoint alone (weights_only)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TagrankError(f"{path}: not a readable checkpoint ({err})") from err
+    if "tagrank_class" not in ckpt:
+        raise TagrankError(f"{path}: not a tagrank checkpoint (no 'tagrank_class' entry)")
+    cls = hydra.utils.get_class(ckpt["tagrank_class"])
+    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    ckpt = Path(cfg.ckpt_path).expanduser()
+    if not ckpt.is_file():
+        raise TagrankError(f"ckpt_path={str(ckpt)!r} does not exist; pass <run>/checkpoints/best.ckpt")
+    run_cfg_path = ckpt.parent.parent / ".hydra" / "config.yaml"
+    with open_dict(cfg):
+        if run_cfg_path.is_file():
+            run_cfg = OmegaConf.load(run_cfg_path)
+            log.info("data and backbone settings from %s", run_cfg_path)
+            for key in ("data", "backbone"):
+                if cfg.get(key) is None:
+                    cfg[key] = run_cfg[key]
+        if cfg.get("data") is None or cfg.get("backbone") is None:
+            raise TagrankError(f"{run_cfg_path} not found: pass data=<name> and backbone=<name> for this checkpoint")
+
+    L.seed_everything(cfg.seed, workers=True)
+    model = load_checkpoint(ckpt)
+    dm = build_data(cfg)
+    if dm.num_tags != model.num_tags:
+        raise TagrankError(f"{ckpt}: the model predicts {model.num_tags} tags but data={cfg.data.source._target_} "
+                           f"has a vocabulary of {dm.num_tags}; evaluate on the data it was trained on")
+    attach_inputs(cfg, dm, model, need_images=False)
+    trainer = build_trainer(cfg)
+    loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
+    if cfg.split not in ("val", "test"):
+        raise TagrankError(f"split={cfg.split!r}: expected val or test")
+    # The test loop collects predictions; pointed at the val loader it scores the val split.
+    metrics = trainer.test(model, dataloaders=loader, verbose=False)[0]
+    return report(dm, model, metrics, Path(cfg.paths.output_dir), title=f"{cfg.split} split, {ckpt}", split=cfg.split)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_cli(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Ranked-tag methods: one file each, all on :class:`tagrank.models.base.RankedTagger`."""

