@@ -26,12 +26,12 @@ from tagrank.errors import TagrankError
 log = logging.getLogger("tagrank")
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def value_matches(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any or hint is inspect.Parameter.empty:
         return True
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
+        return any(value_matches(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is bool:
@@ -46,11 +46,11 @@ def _matches(value: Any, hint: Any) -> bool:
         if not isinstance(value, (list, tuple, ListConfig)):
             return False
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return all(_matches(v, args[0] if origin is list or len(args) == 1 else a) for v, a in zip(value, args * len(value))) if args else True
+        return all(value_matches(v, args[0] if origin is list or len(args) == 1 else a) for v, a in zip(value, args * len(value))) if args else True
     return True  # objects built by nested _target_ nodes and anything else: trust the constructor
 
 
-def _describe(hint: Any) -> str:
+def describe_type(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -81,8 +81,8 @@ def check_node(node: DictConfig, key: str) -> None:
             raise TagrankError(f"{full} is not a setting of {node._target_}; expected one of {allowed}")
         hint = hints.get(name, inspect.Parameter.empty)
         plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else node[name]
-        if not _matches(plain, hint):
-            raise TagrankError(f"{full}={plain!r} has the wrong type: expected {_describe(hint)}")
+        if not value_matches(plain, hint):
+            raise TagrankError(f"{full}={plain!r} has the wrong type: expected {describe_type(hint)}")
 
 
 def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -110,6 +110,5 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except TagrankError as err:
         if in_multirun():
             raise
-        log.error("%s", err)
         print(f"tagrank: error: {err}", file=sys.stderr)
         sys.exit(2)

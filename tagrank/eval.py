@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model = load_checkpoint(ckpt)
     dm = build_data(cfg)
     if dm.num_tags != model.num_tags:
-        raise TagrankError(f"{ckpt}: the model predicts {model.num_tags} tags but data={cfg.data.source._target_} "
+        raise TagrankError(f"{ckpt}: the model predicts {model.num_tags} tags but data={cfg.data.source} "
                            f"has a vocabulary of {dm.num_tags}; evaluate on the data it was trained on")
     attach_inputs(cfg, dm, model, need_images=False)
     trainer = build_trainer(cfg)

@@ -7,8 +7,13 @@ on whether the backbone is frozen for the whole run or fine-tuned.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
+
+import hydra
 
 import torch
 from lightning import LightningDataModule
@@ -18,6 +23,7 @@ from torchvision.transforms import v2 as T
 
 from tagrank.data.records import MANIFEST, SPLITS, VOCAB, Record, Vocabulary, read_manifest
 from tagrank.data.source import Source, ensure_built
+from tagrank.config import describe_type, value_matches
 from tagrank.errors import TagrankError
 
 
@@ -54,17 +60,45 @@ class RankedTagDataset(Dataset):
         return item
 
 
-class RankedTagDataModule(LightningDataModule):
+def make_source(class_path: str, args: dict[str, Any]) -> Source:
+    """The ``Source`` named by ``data.source``, built from the other ``data.*`` keys it declares.
+
+    Data configs are flat (``data.root``, ``data.order``, ``data.n_train``...): every key that is not a
+    DataModule setting belongs to the source, and is checked against its fields here.
+    """
+    try:
+        cls = hydra.utils.get_class(class_path)
+    except Exception as err:
+        raise TagrankError(f"data.source={class_path!r} is not an importable class ({err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, Source)):
+        raise TagrankError(f"data.source={class_path!r} is not a tagrank.data.source.Source")
+    names = {f.name for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in args.items():
+        if key not in names:
+            raise TagrankError(f"data.{key} is not a setting of data.source={class_path}; expected one of "
+                               f"{sorted(names)} or a DataModule setting")
+        if not value_matches(value, hints.get(key, Any)):
+            raise TagrankError(f"data.{key}={value!r} has the wrong type: expected {describe_type(hints.get(key))}")
+    missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in args]
+    if missing:
+        raise TagrankError(f"data={cls.name}: set {', '.join('data.' + m for m in missing)} (e.g. data.{missing[0]}=/path)")
+    return cls(**args)
+
+
+class RankedTagDataModule(LightningDataModule):  # noqa: D101
     """Builds the source's dataset once (cached), the vocabulary from its training split, and loaders.
 
     Before loaders are asked for, the training script attaches either cached features
     (:meth:`use_features`) or an image transform (:meth:`use_images`), or both.
     """
 
-    def __init__(self, source: Source, cache_dir: str, min_tag_count: int = 1, batch_size: int = 16,
-                 eval_batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(self, source: str, cache_dir: str, min_tag_count: int = 1, batch_size: int = 16,
+                 eval_batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
+                 **source_args: Any) -> None:
         super().__init__()
-        self.source, self.cache_dir, self.min_tag_count = source, Path(cache_dir).expanduser(), min_tag_count
+        self.source = make_source(source, source_args)
+        self.cache_dir, self.min_tag_count = Path(cache_dir).expanduser(), min_tag_count
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.dataset_dir: Path | None = None
