@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ SHARED_DATA = SHARED / "data"
 TINY = [
     "data.n_train=96", "data.n_val=32", "data.n_test=48", "data.image_size=64",
     "backbone.image_size=64", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=2",
 ]
 
 
@@ -48,6 +50,7 @@ def compose_cfg(overrides: list[str], out_dir: Path, cache: Path, config_name: s
 def cli_env(tmp_path, cache_dir) -> dict[str, str]:
     """Environment for running the console scripts for real, with logs and caches in temp folders."""
     env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's console scripts
     env.update(TAGRANK_CACHE=str(cache_dir), TAGRANK_LOGS=str(tmp_path / "logs"), WANDB_MODE="offline",
                PYTHONUNBUFFERED="1")
     return env

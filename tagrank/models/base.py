@@ -25,6 +25,7 @@ class RankedTagger(LightningModule):
         self.num_tags, self.top_k = num_tags, top_k
         self.backbone = build_backbone(backbone)
         self.backbone.requires_grad_(False)
+        self.backbone.eval()  # Lightning restores captured module modes, so set it from the start
         self.feature_dim = self.backbone.out_dim
         self.val_metrics = RankingMetrics(top_k, relevance)
         self.test_metrics = RankingMetrics(top_k, relevance)

@@ -1,0 +1,148 @@
+"""Records, manifests, vocabularies, splits, the synthetic generator and the one DataModule."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tagrank.data.datamodule import RankedTagDataModule
+from tagrank.data.records import (MANIFEST, Record, Vocabulary, assign_splits, dataset_stats, read_manifest,
+                                  write_manifest)
+from tagrank.data.source import Source, ensure_built
+from tagrank.data.synthetic import CLASSES, SyntheticSource, render_scene
+from tagrank.errors import TagrankError
+
+
+def test_duplicate_tags_keep_first_position():
+    assert Record("a.jpg", ["dog", "cat", "dog", "tree", "cat"], "train").tags == ["dog", "cat", "tree"]
+
+
+def test_vocabulary_from_training_split_only():
+    records = [Record("1", ["a", "b"], "train"), Record("2", ["a", "c"], "train"), Record("3", ["a"], "train"),
+               Record("4", ["c", "z", "z"], "val"), Record("5", ["z"], "test")]
+    vocab = Vocabulary.build(records, min_tag_count=2)
+    assert vocab.tags == ["a"]  # b and c seen once in train; z never in train
+    vocab = Vocabulary.build(records, min_tag_count=1)
+    assert vocab.tags == ["a", "b", "c"]  # by frequency, then name
+    assert vocab.encode(["z", "c", "a"]) == [2, 0]
+    stats = dataset_stats(records, Vocabulary.build(records, 2))
+    assert stats["images"] == {"train": 3, "val": 1, "test": 1}
+    assert stats["vocab_before_filter"] == 3 and stats["vocab_after_filter"] == 1
+    assert stats["empty_after_filter"] == 2
+
+
+def test_manifest_round_trip_and_errors(tmp_path):
+    records = [Record("x/1.jpg", ["a", "b"], "train"), Record("2.jpg", [], "test")]
+    write_manifest(records, tmp_path / MANIFEST)
+    assert read_manifest(tmp_path / MANIFEST) == records
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "1.jpg", "tags": ["a"], "split": "train"}\n{"image": "2.jpg", "tags": }\n')
+    with pytest.raises(TagrankError, match=r"bad.jsonl:2"):
+        read_manifest(bad)
+    bad.write_text('{"image": "1.jpg", "tags": ["a"], "split": "holdout"}\n')
+    with pytest.raises(TagrankError, match="holdout"):
+        read_manifest(bad)
+    with pytest.raises(TagrankError, match="no records"):
+        (tmp_path / "empty.jsonl").write_text("")
+        read_manifest(tmp_path / "empty.jsonl")
+
+
+def test_splits_are_deterministic():
+    a, b = assign_splits(100, (80, 10, 10), seed=3), assign_splits(100, (80, 10, 10), seed=3)
+    assert a == b and a.count("train") == 80 and a.count("test") == 10
+    assert assign_splits(100, (80, 10, 10), seed=4) != a
+    with pytest.raises(TagrankError, match="add up"):
+        assign_splits(10, (8, 1, 2), seed=0)
+
+
+def test_synthetic_scene_follows_the_documented_importance_rule():
+    first_is_largest = 0
+    for i in range(150):
+        image, tags, objects = render_scene(random.Random(i), 96, 2, 7, 0.15, 0.10)
+        assert image.size == (96, 96) and image.mode == "RGB"
+        assert 1 <= len(tags) <= 7 and set(tags) <= set(CLASSES)
+        ranked = sorted(objects, key=lambda o: -o["importance"])
+        expected = list(dict.fromkeys(o["class"] for i, o in enumerate(ranked) if i == 0 or o["importance"] >= 0.10))
+        assert tags == expected
+        first_is_largest += tags[0] == max(objects, key=lambda o: o["visible_area"])["class"]
+    # Learnable (size matters a lot) but not just "largest first".
+    assert 0.3 < first_is_largest / 150 < 0.9
+    assert len(CLASSES) == 24
+
+
+def test_synthetic_dataset_is_deterministic_and_cached(tmp_path):
+    src = SyntheticSource(n_train=6, n_val=2, n_test=2, image_size=48, seed=5)
+    a = ensure_built(src, tmp_path / "c1")
+    b = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, image_size=48, seed=5), tmp_path / "c2")
+    assert (a / MANIFEST).read_text() == (b / MANIFEST).read_text()
+    assert (a / "images/000003.jpg").read_bytes() == (b / "images/000003.jpg").read_bytes()
+    stamp = (a / MANIFEST).stat().st_mtime_ns
+    assert ensure_built(src, tmp_path / "c1") == a and (a / MANIFEST).stat().st_mtime_ns == stamp
+    other = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, image_size=48, seed=6), tmp_path / "c1")
+    assert other != a and (other / MANIFEST).read_text() != (a / MANIFEST).read_text()
+    splits = [json.loads(line)["split"] for line in (a / MANIFEST).read_text().splitlines()]
+    assert splits.count("train") == 6 and splits.count("val") == 2 and splits.count("test") == 2
+
+
+@dataclass
+class _BrokenSource(Source):
+    """Writes a file, then fails: the half-built dataset must not survive."""
+
+    fail: bool = True
+    name = "broken"
+
+    def build(self, out_dir: Path) -> list[Record]:
+        (out_dir / "half.txt").write_text("partial")
+        if self.fail:
+            raise TagrankError("source failed half way")
+        return []
+
+
+def test_a_failed_build_leaves_nothing(tmp_path):
+    with pytest.raises(TagrankError, match="half way"):
+        ensure_built(_BrokenSource(), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TagrankError, match="no records"):
+        ensure_built(_BrokenSource(fail=False), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _module(tmp_path, **kw) -> RankedTagDataModule:
+    args = dict(n_train=8, n_val=3, n_test=3, image_size=32, seed=0) | kw
+    return RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), **args)
+
+
+def test_datamodule_bad_settings_are_clear(tmp_path):
+    with pytest.raises(TagrankError, match=r"data.n_trian is not a setting"):
+        _module(tmp_path, n_trian=3)
+    with pytest.raises(TagrankError, match=r"data.n_train='x' has the wrong type: expected int"):
+        _module(tmp_path, n_train="x")
+    with pytest.raises(TagrankError, match="not an importable class"):
+        RankedTagDataModule("tagrank.data.nothing.Here", str(tmp_path))
+    with pytest.raises(TagrankError, match="the val split is empty"):
+        _module(tmp_path, n_val=0).setup()
+    with pytest.raises(TagrankError, match="min_tag_count=1000"):
+        RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), min_tag_count=1000,
+                            n_train=8, n_val=3, n_test=3, image_size=32).setup()
+
+
+def test_datamodule_batches_and_unreadable_image(tmp_path):
+    from tagrank.data.datamodule import image_transform
+
+    dm = _module(tmp_path)
+    dm.setup()
+    dm.use_images(image_transform(32, (0.5,) * 3, (0.5,) * 3))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape[1:] == (3, 32, 32)
+    assert batch["target"].shape[1] == dm.max_len and (batch["target"][:, 0] >= 0).all()
+    # A target row lists the record's tags in ground-truth order.
+    row = int(batch["index"][0])
+    ids = [i for i in batch["target"][0].tolist() if i >= 0]
+    assert dm.vocab.decode(ids) == dm.records[row].tags
+    dm.paths[dm.rows("val")[0]].write_bytes(b"not a jpeg")
+    with pytest.raises(TagrankError, match=r"000008.jpg: cannot read image"):
+        next(iter(dm.val_dataloader()))

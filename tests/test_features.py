@@ -1,0 +1,78 @@
+"""The feature cache: computed once, reused, keyed by what changes features, never trusted half-written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tagrank.data.features as features_mod
+from tagrank.data.datamodule import RankedTagDataModule, image_transform
+from tagrank.data.features import cached_features, feature_cache_path
+from tagrank.models.backbones import EfficientNetLite0, load_pretrained, resolve_weights
+from tagrank.pipeline import state_digest
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    model = EfficientNetLite0()
+    load_pretrained(model, resolve_weights("efficientnet_lite0", None))
+    return model.eval()
+
+
+def _dm(tmp_path):
+    dm = RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), n_train=6, n_val=2,
+                             n_test=2, image_size=32)
+    dm.setup()
+    return dm
+
+
+class _Counter:
+    """Counts images that really go through the backbone (a forward hook on the real module)."""
+
+    def __init__(self, module):
+        self.images = 0
+        module.register_forward_hook(lambda m, inp, out: setattr(self, "images", self.images + len(inp[0])))
+
+
+def test_features_are_computed_once_then_reused(tmp_path, backbone):
+    dm, counter = _dm(tmp_path), _Counter(backbone)
+    tf = image_transform(32, backbone.mean, backbone.std)
+    digest = state_digest(backbone)
+    first = cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf)
+    assert counter.images == 10 and first.shape == (10, 1280)
+    again = cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf)
+    assert counter.images == 10 and torch.equal(first, again)
+    # Another image size or other weights is another cache entry.
+    cached_features(dm, backbone, "efficientnet_lite0", digest, 48, image_transform(48, backbone.mean, backbone.std))
+    assert counter.images == 20
+    assert feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 32) != \
+        feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", "0" * 16, 32)
+
+
+def test_a_corrupt_or_foreign_cache_is_rebuilt(tmp_path, backbone):
+    dm, counter = _dm(tmp_path), _Counter(backbone)
+    tf, digest = image_transform(32, backbone.mean, backbone.std), state_digest(backbone)
+    path = feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 32)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"truncated")
+    good = cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf)
+    assert counter.images == 10
+    torch.save({"images": ["other.jpg"], "features": torch.zeros(1, 1280)}, path)
+    assert torch.equal(cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf), good)
+    assert counter.images == 20
+
+
+def test_a_killed_write_leaves_no_cache(tmp_path, backbone, monkeypatch):
+    dm = _dm(tmp_path)
+    tf, digest = image_transform(32, backbone.mean, backbone.std), state_digest(backbone)
+
+    def dies_half_way(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half of a file")
+        raise KeyboardInterrupt  # what a Ctrl-C or kill during the write looks like to Python
+
+    monkeypatch.setattr(features_mod.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf)
+    folder = feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 32).parent
+    assert list(folder.iterdir()) == []

@@ -1,0 +1,104 @@
+"""End to end with the real Trainer, real Hydra and real pretrained weights, on a tiny synthetic set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tagrank.models.lstm import LSTMTagger
+from tagrank.train import train
+
+from .conftest import TINY, compose_cfg
+
+
+def _train(tmp_path, cache_dir, *overrides):
+    cfg = compose_cfg(TINY + list(overrides), tmp_path, cache_dir)
+    value = train(cfg)
+    return cfg, value
+
+
+def test_fast_dev_run(tmp_path, cache_dir):
+    _, value = _train(tmp_path, cache_dir, "debug=fdr")
+    assert value is not None and 0.0 <= value <= 1.0  # val/ndcg_mean after one val batch
+
+
+def test_train_writes_a_complete_run_and_eval_reproduces_it(tmp_path, cache_dir):
+    cfg, value = _train(tmp_path, cache_dir)
+    run = tmp_path
+    for f in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "predictions.jsonl", "csv/metrics.csv"):
+        assert (run / f).is_file(), f
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["metrics"]) >= {f"ndcg@{k}" for k in range(1, 11)} | {"ndcg_mean", "p_mean"}
+    assert metrics["metrics"]["n_images"] == 48
+    lines = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 48 and all(len(set(x["predicted"])) == 10 for x in lines)
+    header = (run / "csv/metrics.csv").read_text().splitlines()[0]
+    assert "val/ndcg@10" in header and "val/p_mean" in header and "train/loss" in header
+
+    # The checkpoint rebuilds without Hydra and without weights_only=False.
+    model = LSTMTagger.load_from_checkpoint(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
+    assert model.hparams.hidden_size == 300 and model.num_tags == model.out.out_features
+
+    # tagrank-eval (the real console script) prints and writes the same numbers. It needs the run's
+    # .hydra/config.yaml, which a real tagrank-train run writes; write the composed config there.
+    (run / ".hydra").mkdir()
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(cfg, run / ".hydra/config.yaml")
+    eval_dir = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tagrank.eval", f"ckpt_path={run}/checkpoints/best.ckpt",
+         f"hydra.run.dir={eval_dir}", f"paths.cache_dir={cfg.paths.cache_dir}", "trainer.enable_progress_bar=false"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((eval_dir / "metrics.json").read_text())
+    assert again["metrics"] == metrics["metrics"]
+    assert f"{metrics['metrics']['ndcg_mean']:.4f}" in proc.stdout
+
+
+def test_staged_finetuning_unfreezes_the_backbone(tmp_path, cache_dir):
+    cfg, _ = _train(tmp_path, cache_dir, "model.finetune_after_steps=4", "trainer.max_steps=7",
+                    "model.finetune_lr=0.001")
+    ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == 0.001 and groups[1]["weight_decay"] == 0.001
+    from tagrank.models.backbones import EfficientNetLite0, load_pretrained, resolve_weights
+
+    ref = EfficientNetLite0()
+    load_pretrained(ref, resolve_weights("efficientnet_lite0", None))
+    tuned = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    changed = [k for k, v in ref.state_dict().items() if v.is_floating_point() and not torch.equal(v, tuned[k])]
+    assert "_conv_stem.weight" in changed
+    assert not any("running_mean" in k for k in changed)  # BatchNorm statistics stay pretrained
+    header = (tmp_path / "csv/metrics.csv").read_text().splitlines()[0]
+    assert "lr-Adam/pg2" in header  # the second group's learning rate is logged
+
+
+def test_resume_from_last_checkpoint(tmp_path, cache_dir, caplog):
+    _train(tmp_path / "a", cache_dir, "trainer.max_epochs=1")
+    last = tmp_path / "a/checkpoints/last.ckpt"
+    steps_one_epoch = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    with caplog.at_level("INFO"):
+        _train(tmp_path / "a", cache_dir, "trainer.max_epochs=2", f"ckpt_path={last}")
+    assert f"Restored all states from the checkpoint at {last}" in caplog.text
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * steps_one_epoch
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model.hidden_size=abc"], "model.hidden_size='abc' has the wrong type: expected int"),
+    (["+data.n_trian=5"], "data.n_trian is not a setting"),
+    (["model.hiden_size=5"], "Key 'hiden_size' is not in struct"),
+    (["backbone=vgg16"], "pass backbone.weights=/path/to/vgg16.pth"),
+    (["ckpt_path=/nowhere/last.ckpt"], "ckpt_path='/nowhere/last.ckpt' does not exist"),
+])
+def test_bad_input_is_one_clear_message(args, message, cli_env, tmp_path):
+    proc = subprocess.run(["tagrank-train", *args], capture_output=True, text=True, env=cli_env, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
