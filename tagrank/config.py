@@ -20,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from tagrank.errors import TagrankError
 
@@ -107,8 +108,9 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """
     try:
         return task(cfg)
-    except TagrankError as err:
+    except (TagrankError, OmegaConfBaseException) as err:
         if in_multirun():
             raise
-        print(f"tagrank: error: {err}", file=sys.stderr)
+        message = str(err).strip().replace("\n", "; ") if isinstance(err, OmegaConfBaseException) else str(err)
+        print(f"tagrank: error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -31,7 +31,7 @@ def load_checkpoint(path: Path) -> L.LightningModule:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise TagrankError(f"{path}: not a readable checkpoint ({err})") from err
+        raise TagrankError(f"{path}: not a readable checkpoint ({str(err).strip().splitlines()[0][:200]})") from err
     if "tagrank_class" not in ckpt:
         raise TagrankError(f"{path}: not a tagrank checkpoint (no 'tagrank_class' entry)")
     cls = hydra.utils.get_class(ckpt["tagrank_class"])

@@ -154,7 +154,8 @@ def load_pretrained(backbone: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
-        raise TagrankError(f"{path}: cannot load as a weights_only state dict ({err})") from err
+        first = str(err).strip().splitlines()[0][:200]
+        raise TagrankError(f"{path}: cannot load as a weights_only state dict ({first})") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:

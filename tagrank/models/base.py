@@ -11,11 +11,17 @@ Subclasses take plain hyperparameters only (numbers, strings, lists) and call
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from lightning import LightningModule
 
 from tagrank.metrics import RankingMetrics
 from tagrank.models.backbones import build_backbone
+
+
+# The backbone is in eval mode on purpose (see RankedTagger.train); Lightning warns about it every fit.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 class RankedTagger(LightningModule):
