@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all train eval clean
+.PHONY: help install test test-all train eval clean table1 table1-quick
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -29,3 +29,14 @@ eval: ## re-evaluate a checkpoint: make eval CKPT=logs/train/runs/<run>/checkpoi
 
 clean: ## remove run outputs (logs/, results/); caches under ~/.cache/tagrank are kept
 	rm -rf logs results outputs multirun
+
+.PHONY: bench
+bench: ## speed/memory benchmarks
+	$(BIN)/python benchmarks/bench_coco.py
+
+DATA ?= synthetic
+table1: ## the paper's Table 1 + Figs 3-4: every method x 3 seeds on DATA (default synthetic) -> results/$(DATA)/
+	$(BIN)/python experiments/table1.py data=$(DATA) seeds=3 $(ARGS)
+
+table1-quick: ## Table 1 in a few minutes on 2 CPU cores: small synthetic set, short schedules, 2 seeds
+	$(BIN)/python experiments/table1.py quick=true seeds=2 $(ARGS)

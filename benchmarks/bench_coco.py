@@ -1,0 +1,128 @@
+"""Full-scale COCO conversion: time and peak memory on a generated COCO-2017-sized training set.
+
+    .venv/bin/python benchmarks/bench_coco.py [--images 118287] [--captions 5] [--dir /tmp/cocobench]
+
+Writes COCO-format ``captions_{train,val}2017.json`` and ``instances_{train,val}2017.json`` (118,287
+training images, ~592k captions, ~860k instances with polygon segmentations: ~90 MB and ~450 MB, like
+the real files) and one empty file per image, then converts them with ``CocoSource`` in a fresh process
+(``order=captions``, which also streams the instances file, and ``order=area``), printing the seconds
+and the peak resident memory of each, and of a plain ``json.load`` of the captions file for comparison.
+Not a unit test: run it by hand (``make bench``) after changing the converter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tagrank.data.normalize import COCO_SYNONYMS
+
+CATEGORIES = list(COCO_SYNONYMS)
+FILLER = "a an the of on in with next to near and is are sitting standing holding large small white red two".split()
+
+
+def caption(rng: random.Random, names: list[str]) -> str:
+    words = [rng.choice(("A", "The", "Two", "Some"))]
+    for name in rng.sample(names, k=min(len(names), rng.randint(1, 3))):
+        words += [rng.choice(FILLER), rng.choice([name, *COCO_SYNONYMS[name]] or [name])]
+        words += rng.sample(FILLER, k=rng.randint(1, 3))
+    return " ".join(words) + "."
+
+
+def write_split(root: Path, subset: str, n_images: int, n_captions: int, first_id: int, rng: random.Random) -> None:
+    """Streams the two JSON files (bounded memory) and touches one file per image."""
+    folder = root / f"{subset}2017"
+    folder.mkdir(parents=True, exist_ok=True)
+    ann = root / "annotations"
+    ann.mkdir(exist_ok=True)
+    info = '"info": {"description": "generated COCO-format benchmark", "year": 2017}, "licenses": []'
+    images = []
+    for k in range(n_images):
+        image_id = first_id + k
+        name = f"{image_id:012d}.jpg"
+        (folder / name).touch()
+        images.append((image_id, name))
+    with open(ann / f"instances_{subset}2017.json", "w") as inst, open(ann / f"captions_{subset}2017.json", "w") as cap:
+        for f in (inst, cap):
+            f.write("{" + info + ', "images": [')
+            f.write(",".join(json.dumps({"license": 3, "file_name": n, "coco_url": f"http://images.cocodataset.org/"
+                                         f"{subset}2017/{n}", "height": 480, "width": 640,
+                                         "date_captured": "2013-11-14 11:18:45", "id": i}) for i, n in images))
+            f.write('], "annotations": [')
+        ann_id, first_inst, first_cap = 1, True, True
+        for image_id, _ in images:
+            present = rng.sample(range(len(CATEGORIES)), k=rng.randint(1, 5))
+            for c in present:
+                for _ in range(rng.choice((1, 1, 2, 3, 4))):
+                    pts = ",".join(f"{rng.uniform(0, 640):.2f}" for _ in range(60))
+                    inst.write(("" if first_inst else ",") + f'{{"segmentation": [[{pts}]], "area": {rng.uniform(10, 9e4):.4f}, '
+                               f'"iscrowd": 0, "image_id": {image_id}, "bbox": [1.0, 2.0, 3.0, 4.0], '
+                               f'"category_id": {c + 1}, "id": {ann_id}}}')
+                    first_inst, ann_id = False, ann_id + 1
+            names = [CATEGORIES[c] for c in present]
+            for _ in range(n_captions):
+                cap.write(("" if first_cap else ",") + json.dumps({"image_id": image_id, "id": ann_id, "caption": caption(rng, names)}))
+                first_cap, ann_id = False, ann_id + 1
+        inst.write('], "categories": [' + ",".join(json.dumps({"supercategory": "x", "id": i + 1, "name": n})
+                                                   for i, n in enumerate(CATEGORIES)) + "]}")
+        cap.write("]}")
+
+
+def child(args: list[str]) -> tuple[str, float]:
+    """Run this script's ``--run`` mode in a fresh process: its message and its peak RSS in MiB."""
+    out = subprocess.run([sys.executable, __file__, "--run", *args], capture_output=True, text=True, check=True).stdout
+    message, peak = out.strip().rsplit("|", 1)
+    return message, float(peak)
+
+
+def run(what: str, root: str, out: str) -> None:
+    start = time.perf_counter()
+    if what == "json.load":
+        with open(Path(root) / "annotations" / "captions_train2017.json") as f:
+            message = f"{len(json.load(f)['annotations'])} captions loaded"
+    else:
+        from tagrank.data.coco import CocoSource
+        from tagrank.data.source import ensure_built
+
+        folder = ensure_built(CocoSource(root=root, order=what), Path(out))
+        with open(folder / "manifest.jsonl") as f:
+            message = f"{sum(1 for _ in f)} records"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"{message} in {time.perf_counter() - start:.1f} s|{peak:.0f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=118_287)
+    p.add_argument("--val-images", type=int, default=5_000)
+    p.add_argument("--captions", type=int, default=5)
+    p.add_argument("--dir", default=None, help="keep the generated data here (default: a temp folder, deleted)")
+    p.add_argument("--run", nargs=3, metavar=("WHAT", "ROOT", "OUT"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.run:
+        run(*a.run)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(a.dir or tmp)
+        if not (root / "annotations" / "captions_train2017.json").is_file():
+            start, rng = time.perf_counter(), random.Random(0)
+            write_split(root, "train", a.images, a.captions, 1, rng)
+            write_split(root, "val", a.val_images, a.captions, 10_000_000, rng)
+            print(f"generated in {time.perf_counter() - start:.0f} s: " + ", ".join(
+                f"{p.name} {p.stat().st_size / 2**20:.0f} MB" for p in sorted((root / "annotations").iterdir())))
+        message, peak = child(["json.load", str(root), tmp])
+        print(f"json.load(captions_train2017.json), for comparison: {message}, peak memory {peak:.0f} MiB")
+        for order in ("captions", "area"):
+            message, peak = child([order, str(root), str(Path(tmp) / f"cache-{order}")])
+            print(f"CocoSource order={order}: {message}, peak memory {peak:.0f} MiB (process total, with imports)")
+
+
+if __name__ == "__main__":
+    main()
