@@ -1,0 +1,59 @@
+"""The floor any learned method must beat: the training set's tags in frequency order, for every image.
+
+Nothing is learned by gradient: fitting is one pass over the training loader that counts how often each
+tag occurs (the ``counts`` buffer, saved in the checkpoint), after which the run stops itself (more
+epochs could not change anything). It still goes through the same Trainer path as every other method,
+so its checkpoint, validation, test metrics and predictions are written like theirs. Ranking is by
+count, ties by tag id; the vocabulary is already ordered by training frequency, so the result equals
+the ``frequency_prior`` block of every run's ``metrics.json``.
+
+The logged loss is the cross-entropy of each image's ground-truth tags under the add-one-smoothed tag
+distribution (summed over the list, averaged over images): the score of a unigram "model".
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from tagrank.models.base import RankedTagger
+
+# There is nothing to optimise: Lightning says so once per fit.
+warnings.filterwarnings("ignore", message=r".*configure_optimizers. returned .None., this fit will run with no optimizer")
+
+
+class FrequencyPrior(RankedTagger):
+    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: int = 10,
+                 relevance: str = "linear") -> None:
+        super().__init__(num_tags, backbone, top_k, relevance)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.register_buffer("counts", torch.zeros(num_tags, dtype=torch.long))
+
+    def on_train_epoch_start(self) -> None:
+        self._seen = torch.zeros_like(self.counts)  # this process's counts so far in this epoch
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        target = batch["target"]
+        self._seen += torch.bincount(target[target >= 0], minlength=self.num_tags)
+        # counts: this epoch's counts so far, summed over processes (each sees its own shard under DDP)
+        self.counts.copy_(self.trainer.strategy.reduce(self._seen.clone(), reduce_op="sum"))
+        loss = super().training_step(batch, batch_idx)
+        self.optimizers().step()  # a no-op optimiser, but it counts the step (checkpointing follows steps)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.trainer.should_stop = True  # one counting pass is the whole fit
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        target = batch["target"]
+        log_p = torch.log((self.counts + 1.0) / (self.counts.sum() + self.num_tags))
+        return -(log_p[target.clamp(min=0)] * (target >= 0)).sum() / len(target)
+
+    def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        order = torch.sort(self.counts, descending=True, stable=True).indices[: self.top_k]
+        return order.expand(len(batch["target"]), -1)
+
+    def configure_optimizers(self):
+        return None

@@ -1,0 +1,172 @@
+"""Table 1 and Figs. 3-4: the aggregation of known runs gives the expected numbers; the one command works."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tagrank import aggregate
+from tagrank.errors import TagrankError
+from tagrank.metrics import RankingMetrics
+
+from .conftest import ROOT
+
+TRUTH = [f"t{i}" for i in range(10)]  # every test image has this 10-tag ground truth ...
+RIGHT, WRONG = TRUTH, [f"u{i}" for i in range(10)]  # ... a method gets it exactly right (1, 1) or all wrong (0, 0)
+IMAGES = ["a.png", "b.png", "c.png", "d.png"]
+
+# method -> seed -> which of the four images it gets right
+KNOWN = {
+    "lstm": {0: [1, 1, 1, 0], 1: [1, 1, 0, 0]},       # NDCG 0.75, 0.50 -> 0.625 +- 0.1768; per image 1, 1, .5, 0
+    "svm": {0: [1, 0, 1, 0], 1: [0, 1, 0, 1]},        # NDCG 0.50, 0.50 -> 0.5 +- 0; every image 0.5
+    "frequency": {0: [0, 0, 0, 0], 1: [0, 0, 0, 0]},  # NDCG 0
+}
+
+
+def write_run(run_dir: Path, method: str, seed: int, data: str, right: list[int]) -> None:
+    """A run directory as tagrank-train writes it; metrics.json is computed from the predictions."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": seed, "model": {"top_k": 10, "relevance": "linear"}}),
+                   run_dir / ".hydra/config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": {"model": method, "data": data}}}}),
+                   run_dir / ".hydra/hydra.yaml")
+    preds = [{"image": img, "truth": TRUTH, "predicted": RIGHT if ok else WRONG} for img, ok in zip(IMAGES, right)]
+    metric = RankingMetrics(10)
+    ids = {t: i for i, t in enumerate(TRUTH + WRONG)}
+    metric.update(torch.tensor([[ids[t] for t in p["predicted"]] for p in preds]),
+                  torch.tensor([[ids[t] for t in TRUTH]] * len(preds)))
+    metrics = {k: float(v) for k, v in metric.compute().items()}
+    (run_dir / "metrics.json").write_text(json.dumps({"split": "test", "metrics": metrics}))
+    (run_dir / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+
+
+def known_sweep(tmp_path: Path, data: str = "pascal07") -> Path:
+    sweep = tmp_path / "sweep"
+    job = 0
+    for method, seeds in KNOWN.items():
+        for seed, right in seeds.items():
+            write_run(sweep / str(job), method, seed, data, right)
+            job += 1
+    return sweep
+
+
+def test_known_runs_give_the_expected_table(tmp_path):
+    runs = aggregate.load_runs(known_sweep(tmp_path))
+    assert len(runs) == 6 and {r.method for r in runs} == set(KNOWN)
+    rows = {r.method: r for r in aggregate.summarise(runs)}
+    assert [r.method for r in aggregate.summarise(runs)] == ["frequency", "svm", "lstm"]  # the paper's order
+
+    lstm, svm, freq = rows["lstm"], rows["svm"], rows["frequency"]
+    assert lstm.seeds == [0, 1] and lstm.n_images == 4
+    assert lstm.ndcg == pytest.approx(0.625) and lstm.p == pytest.approx(0.625)
+    assert lstm.ndcg_std == pytest.approx(np.std([0.75, 0.5], ddof=1)) == pytest.approx(0.1767767)
+    assert lstm.ndcg_at == pytest.approx([0.625] * 10) and lstm.p_at_std == pytest.approx([0.1767767] * 10)
+    lo, hi = lstm.ndcg_ci
+    assert 0.0 <= lo < 0.625 < hi <= 1.0
+    assert (lo, hi) == aggregate.bootstrap_ci(np.array([1.0, 1.0, 0.5, 0.0]))  # per image, averaged over seeds
+    assert svm.ndcg == pytest.approx(0.5) and svm.ndcg_std == 0.0
+    assert svm.ndcg_ci == pytest.approx((0.5, 0.5))  # every image scores 0.5: no spread to resample
+    assert svm.delta == pytest.approx(-0.125)  # per image 0.5 - (1, 1, .5, 0)
+    assert freq.ndcg == 0.0 and freq.ndcg_ci == (0.0, 0.0) and freq.delta == pytest.approx(-0.625)
+    assert lstm.delta is None
+    assert svm.paper == (0.6698, 0.4631) and lstm.paper == (0.7061, 0.5081) and freq.paper is None
+
+    out = tmp_path / "results"
+    md = aggregate.write_table(list(rows.values()), out, "pascal07")
+    assert (out / "table1.md").read_text() == md
+    line = next(x for x in md.splitlines() if x.startswith("| Ours (LSTM) |"))
+    assert line.startswith("| Ours (LSTM) | 0.6250 ± 0.1768 | [") and line.endswith("| – | 0.7061 | 0.5081 |")
+    assert "| SVM | 0.5000 ± 0.0000 | [0.5000, 0.5000] | 0.5000 ± 0.0000 | [0.5000, 0.5000] | -0.1250 [" in md
+    table = {r["method"]: r for r in csv.DictReader((out / "table1.csv").open())}
+    assert float(table["lstm"]["ndcg_mean"]) == 0.625 and float(table["svm"]["delta_ndcg"]) == -0.125
+    assert table["svm"]["paper_ndcg"] == "0.6698" and table["frequency"]["paper_ndcg"] == ""
+    curves = list(csv.DictReader((out / "curves.csv").open()))
+    assert len(curves) == 30 and float(curves[0]["ndcg"]) == 0.0
+
+
+def test_no_paper_columns_for_a_dataset_the_paper_did_not_use(tmp_path):
+    rows = aggregate.summarise(aggregate.load_runs(known_sweep(tmp_path, data="synthetic")))
+    md = aggregate.table_markdown(rows, "synthetic")
+    assert "paper" not in md and all(r.paper is None for r in rows)
+
+
+def test_a_run_whose_metrics_disagree_with_its_predictions_is_refused(tmp_path):
+    sweep = known_sweep(tmp_path)
+    path = sweep / "0/metrics.json"
+    summary = json.loads(path.read_text())
+    summary["metrics"]["ndcg_mean"] += 0.1
+    path.write_text(json.dumps(summary))
+    with pytest.raises(TagrankError, match="predictions.jsonl gives NDCG 0.7500 but metrics.json says 0.8500"):
+        aggregate.summarise(aggregate.load_runs(sweep))
+
+
+def test_a_failed_run_is_named(tmp_path):
+    sweep = known_sweep(tmp_path)
+    (sweep / "3/metrics.json").unlink()
+    with pytest.raises(TagrankError, match="3: no metrics.json"):
+        aggregate.load_runs(sweep)
+
+
+def test_bootstrap_ci_matches_the_normal_approximation():
+    values = np.random.default_rng(1).normal(0.5, 0.2, size=2000)
+    lo, hi = aggregate.bootstrap_ci(values)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert lo == pytest.approx(values.mean() - half, abs=0.15 * half)
+    assert hi == pytest.approx(values.mean() + half, abs=0.15 * half)
+
+
+def test_figures_and_the_wandb_table(tmp_path, monkeypatch):
+    runs = aggregate.load_runs(known_sweep(tmp_path))
+    rows = aggregate.summarise(runs)
+    for i, name in enumerate(IMAGES):  # stand-in image files
+        Image.new("RGB", (32, 32), (40 * i, 100, 200)).save(tmp_path / name)
+    examples = aggregate.pick_examples(runs, {img: tmp_path / img for img in IMAGES}, n=3)
+    assert len(examples) == 3 and set(examples[0].lists) == {"Ours (LSTM)", "SVM"}
+    fig3 = aggregate.plot_curves(rows, tmp_path / "fig3.png", "pascal07")
+    fig4 = aggregate.plot_examples(examples, tmp_path / "fig4.png")
+    for fig in (fig3, fig4):
+        with Image.open(fig) as im:
+            assert im.size[0] > 400 and im.size[1] > 200
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    aggregate.log_aggregate("wandb", tmp_path, rows, "pascal07", {"fig3": fig3, "fig4": fig4}, "md")
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    table = json.loads(next(run_dir.glob("files/media/table/table1_*.table.json")).read_text())
+    assert table["columns"] == aggregate.CSV_COLUMNS
+    assert [r[0] for r in table["data"]] == ["frequency", "svm", "lstm"] and table["data"][2][4] == 0.625
+    assert len(list(run_dir.glob("files/media/images/*.png"))) == 2
+    aggregate.log_aggregate("tensorboard", tmp_path, rows, "pascal07", {"fig3": fig3}, "md")
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_table1_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), "quick=maybe"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "quick='maybe': expected true or false" in proc.stderr
+
+
+@pytest.mark.slow
+def test_table1_quick_end_to_end(tmp_path, cli_env):
+    """The one command, in quick mode: real multirun of tagrank-train, then the table and figures."""
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), "quick=true", "seeds=2",
+                           f"results={tmp_path / 'results'}", f"sweep_dir={tmp_path / 'sweep'}", "logger=wandb"],
+                          capture_output=True, text=True, env=cli_env, timeout=1800, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "results/synthetic"
+    for name in ("table1.md", "table1.csv", "curves.csv", "fig3.png", "fig4.png"):
+        assert (out / name).is_file(), name
+    table = {r["method"]: r for r in csv.DictReader((out / "table1.csv").open())}
+    assert set(table) == {"lstm", "svm", "svm_rank", "naive_rnn", "frequency"}
+    assert all(r["seeds"] == "2" for r in table.values())
+    for method in ("lstm", "svm", "svm_rank", "naive_rnn"):  # every learned method clears the floor
+        assert float(table[method]["ndcg_ci_low"]) > float(table["frequency"]["ndcg_ci_high"]), method
+    assert list((out / "wandb").glob("offline-run-*")) and "Ours (LSTM)" in proc.stdout
