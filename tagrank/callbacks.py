@@ -1,10 +1,21 @@
-"""Lightning callbacks that are part of tagrank's training recipe."""
+"""Lightning callbacks that are part of tagrank's training recipe.
+
+StagedFinetuning (the paper's schedule), RandomState and NonFiniteGuard (added to every run by
+``build_trainer``: exact resumption, no diverged checkpoint), ChannelsLast (``trainer=gpu``), and the
+dashboard callbacks MetricCurves and PredictionTable, which act only when a WandbLogger is present.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
+from pathlib import Path
 
-from lightning.pytorch.callbacks import BaseFinetuning
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning, Callback
+
+from tagrank.errors import TagrankError
 
 log = logging.getLogger(__name__)
 
@@ -47,4 +58,151 @@ class StagedFinetuning(BaseFinetuning):
         self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=self.lr, train_bn=True)
         optimizer.param_groups[-1]["weight_decay"] = self.weight_decay
         self._store(pl_module, 0, n_groups, optimizer.param_groups)
+        pl_module.backbone_finetuned.fill_(True)
         log.info("step %d: backbone unfrozen (lr %g, weight decay %g)", trainer.global_step, self.lr, self.weight_decay)
+
+
+class RandomState(Callback):
+    """Keep the random generators' state in every checkpoint; a resumed run restores it before its first batch.
+
+    Dropout draws from the global generators, so without this a run resumed from a checkpoint would
+    train on different dropout masks than the run that was interrupted. Plain lists and tensors only,
+    so checkpoints still load with ``weights_only=True``.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                "python": random.getstate()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict or None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, *rest = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+class NonFiniteGuard(Callback):
+    """Stop before a checkpoint can hold diverged weights: every parameter that trains must be finite.
+
+    The loss is checked in ``RankedTagger.training_step``; this catches the step whose update
+    overflowed the weights. It runs in ``on_train_batch_end`` before ``ModelCheckpoint`` (Lightning
+    calls checkpoint callbacks last), so ``last.ckpt`` stays the last good state.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        bad = bool(params) and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise TagrankError(diverged_message("the weights are not finite after the update", trainer))
+
+
+def diverged_message(what: str, trainer) -> str:
+    ckpt = trainer.checkpoint_callback
+    last = Path(ckpt.dirpath) / "last.ckpt" if ckpt is not None and ckpt.dirpath else None
+    kept = f"the last good checkpoint is kept: {last}" if last and last.is_file() else "no checkpoint had been written"
+    return (f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch}): {what}. "
+            f"Stopped; {kept}. Train again with a lower learning rate (e.g. model.lr)")
+
+
+class ChannelsLast(Callback):
+    """Backbone weights and image batches in channels-last memory format (faster convolutions on GPUs)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pl_module.backbone.to(memory_format=torch.channels_last)
+
+    def _convert(self, batch) -> None:
+        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) and batch["image"].dim() == 4:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._convert(batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._convert(batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._convert(batch)
+
+
+def wandb_logger(trainer):
+    """The run's WandbLogger on the process that writes (global rank 0), else None."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not trainer.is_global_zero:
+        return None
+    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
+class MetricCurves(Callback):
+    """With a WandbLogger: NDCG@k and P@k against k as a line plot, after each validation and the test."""
+
+    def _log(self, trainer, stage: str) -> None:
+        logger = wandb_logger(trainer)
+        metrics = trainer.callback_metrics
+        if logger is None or trainer.sanity_checking or f"{stage}/ndcg@1" not in metrics:
+            return
+        import wandb
+
+        ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith(f"{stage}/ndcg@"))
+        ys = [[float(metrics[f"{stage}/{name}@{k}"]) for k in ks] for name in ("ndcg", "p")]
+        plot = wandb.plot.line_series(xs=ks, ys=ys, keys=["NDCG@k", "P@k"], title=f"{stage}: NDCG@k and P@k", xname="k")
+        logger.experiment.log({f"{stage}/curves": plot, "trainer/global_step": trainer.global_step})
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._log(trainer, "val")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._log(trainer, "test")
+
+
+class PredictionTable(Callback):
+    """With a WandbLogger: after each validation, a table of the same ``num_images`` validation images
+    (the first ones of the split) with their ground-truth and predicted ranked tags (``val/predictions``).
+    """
+
+    def __init__(self, num_images: int = 16, thumbnail: int = 128) -> None:
+        self.num_images, self.thumbnail = num_images, thumbnail
+
+    @torch.no_grad()
+    def on_validation_end(self, trainer, pl_module) -> None:
+        logger = wandb_logger(trainer)
+        dm = trainer.datamodule
+        if logger is None or trainer.sanity_checking or dm is None or self.num_images <= 0:
+            return
+        import wandb
+        from PIL import Image
+        from torch.utils.data import default_collate
+
+        dataset = dm.dataset("val")
+        items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+        batch = {k: v.to(pl_module.device) for k, v in default_collate(items).items()}
+        was_training = pl_module.training
+        pl_module.eval()
+        preds = pl_module.rank(batch).tolist()
+        pl_module.train(was_training)
+        rows = []
+        for item, pred in zip(items, preds):
+            row = int(item["index"])
+            with Image.open(dm.paths[row]) as im:
+                im = im.convert("RGB")
+                im.thumbnail((self.thumbnail, self.thumbnail))
+                image = wandb.Image(im, caption=dm.records[row].image)
+            truth = dm.vocab.decode(dm.vocab.encode(dm.records[row].tags))
+            rows.append([image, ", ".join(truth), ", ".join(dm.vocab.decode(pred))])
+        logger.log_table("val/predictions", columns=["image", "truth", "predicted"], data=rows,
+                         step=trainer.global_step)

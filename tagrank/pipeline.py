@@ -7,16 +7,21 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning import LightningModule, Trainer
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from tagrank.callbacks import NonFiniteGuard, RandomState
 from tagrank.config import instantiate
+from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features
 from tagrank.metrics import RankingMetrics, format_table
@@ -64,9 +69,17 @@ def state_digest(module: torch.nn.Module) -> str:
 
 
 def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModule, need_images: bool) -> None:
-    """Give the data module cached features (frozen backbone) and, if it will be fine-tuned, images."""
+    """Give the data module cached features (frozen backbone) and, if it will be fine-tuned, images.
+
+    A model whose backbone was already fine-tuned gets images only: caching features of every
+    fine-tuned checkpoint would fill the cache with entries no other run can use.
+    """
     bb = model.backbone
     transform = image_transform(cfg.backbone.image_size, bb.mean, bb.std)
+    if bool(getattr(model, "backbone_finetuned", False)):
+        dm.use_features(None)
+        dm.use_images(transform)
+        return
     features = cached_features(dm, bb, cfg.backbone.name, state_digest(bb), cfg.backbone.image_size, transform,
                                batch_size=cfg.backbone.feature_batch_size, num_workers=dm.num_workers)
     dm.use_features(features)
@@ -82,11 +95,39 @@ def planned_steps(cfg: DictConfig, dm: RankedTagDataModule) -> int:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:
+    """The configured Trainer, plus what every run gets: atomic checkpoint writes, exact resumption
+    (random state), a stop before diverged weights reach a checkpoint, and under SLURM a checkpoint
+    and requeue on the pre-timeout signal. A WandbLogger gets the run directory's run id (resumed)."""
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
-    loggers = [instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items() if node]
+    callbacks += [RandomState(), NonFiniteGuard()]
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node:
+            extra = wandb_run_args(node, cfg) if node.get("_target_") == WANDB_TARGET else {}
+            if node.get("_target_") == CSV_TARGET:
+                keep_previous_csv(node)
+            loggers.append(instantiate(node, f"logger.{name}", **extra))
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # SIGUSR1 before the time limit (launcher=slurm asks sbatch for it): save <run>/hpc_ckpt_N.ckpt
+        # and requeue; the requeued job runs in the same directory and resumes from it.
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
     trainer_cfg = OmegaConf.merge(cfg.trainer, overrides)
-    return instantiate(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False,
-                       plugins=[AtomicCheckpointIO()])
+    return instantiate(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins)
+
+
+CSV_TARGET = "lightning.pytorch.loggers.CSVLogger"
+
+
+def keep_previous_csv(node: DictConfig) -> None:
+    """A resumed run writes into the same csv/ folder, where CSVLogger would delete the metrics.csv of
+    the sessions before; keep it as metrics-1.csv, metrics-2.csv, ... instead (rank 0 only)."""
+    if rank_zero_only.rank != 0 or node.get("version") is None:
+        return
+    folder = Path(node.save_dir) / str(node.get("name") or "") / str(node.version)
+    if (folder / "metrics.csv").is_file():
+        n = 1 + len(list(folder.glob("metrics-*.csv")))
+        os.replace(folder / "metrics.csv", folder / f"metrics-{n}.csv")
 
 
 def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, float], out_dir: Path,
@@ -112,7 +153,7 @@ def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, f
 def frequency_prior(dm: RankedTagDataModule, split: str, k: int) -> dict[str, float]:
     """The floor any method must beat: the training split's most frequent tags, in order, for every image."""
     rows = dm.rows(split)
-    metric = RankingMetrics(k)
+    metric = RankingMetrics(k, sync_on_compute=False)  # computed on one process (rank 0 under DDP)
     prior = torch.arange(min(k, len(dm.vocab))).expand(len(rows), -1)
     metric.update(prior, dm.targets[rows])
     return {key: float(v) for key, v in metric.compute().items()}

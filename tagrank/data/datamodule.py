@@ -7,6 +7,7 @@ on whether the backbone is frozen for the whole run or fine-tuned.
 
 from __future__ import annotations
 
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, fields
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from tagrank.data.records import MANIFEST, SPLITS, VOCAB, Record, Vocabulary, read_manifest
+from tagrank.data.samplers import EvalSampler, ShuffleSampler, trained_batches
 from tagrank.data.source import Source, ensure_built
 from tagrank.config import describe_type, value_matches
 from tagrank.errors import TagrankError
@@ -106,6 +108,7 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
         self.vocab: Vocabulary | None = None
         self.features: torch.Tensor | None = None
         self.transform: Callable | None = None
+        self._resume_at: dict | None = None
 
     @property
     def name(self) -> str:
@@ -164,9 +167,29 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
         return RankedTagDataset(self.rows(split), self.targets, self.paths, self.features, self.transform)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        # Seeded, resumable order for training; unpadded shards for evaluation under DDP (samplers.py).
+        # The loader's own generator keeps data loading off the global RNG that dropout draws from.
+        dataset = self.dataset(split)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        if shuffle:
+            sampler = ShuffleSampler(len(dataset), self.batch_size, seed, start=self._resume_at)
+            self._resume_at = None
+        else:
+            sampler = EvalSampler(len(dataset))
+        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          sampler=sampler, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(seed))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where training stands in this epoch's order."""
+        if self.trainer is None or self.trainer.state.fn != "fit":
+            return {}
+        return {"train_order": trained_batches(self.trainer)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A run resumed from a checkpoint continues the epoch's order where the checkpoint left it."""
+        if self.trainer is not None and self.trainer.state.fn == "fit":
+            self._resume_at = state_dict.get("train_order")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,0 +1,348 @@
+"""Sweeps, cluster launches, DDP, the W&B dashboard and runs that survive being killed, for real and tiny.
+
+Fast: an Optuna sweep that continues from its database and survives diverged trials, a submitit_local
+launch of a grid sweep, a W&B offline run read back from its files (and continued after a resume), a
+diverged run that stops cleanly, and the launcher configs turned into a real sbatch script.
+Slow (``-m slow``): DDP with 2 CPU processes against 1 process, a run killed with SIGKILL mid-epoch
+and resumed, and a SLURM-style preemption (SIGUSR1, checkpoint, requeue, restart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from tagrank import CONF_DIR
+from tagrank.errors import TagrankError
+from tagrank.train import train
+
+from .conftest import TINY, compose_cfg
+from .wandb_records import offline_runs, read_offline_run
+
+# A small LSTM on the tiny synthetic set: every run below takes seconds of training.
+SMALL = TINY + ["model.hidden_size=32", "model.proj_dim=16", "model.finetune_after_steps=0"]
+
+
+def own_wandb(env: dict) -> dict:
+    """A process with its own wandb service. wandb puts its service's address in the environment
+    (WANDB_SERVICE) so that child processes share it; after the in-process W&B test that would be this
+    pytest process's service, which still holds the run of a process killed with SIGKILL."""
+    return {k: v for k, v in env.items() if k != "WANDB_SERVICE"}
+
+
+def run_cli(args: list[str], env: dict, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["tagrank-train", *args], capture_output=True, text=True, env=own_wandb(env), cwd=cwd,
+                          timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    return proc
+
+
+def metrics_of(run: Path) -> dict:
+    """The test metrics a run wrote (metrics.json)."""
+    return json.loads((run / "metrics.json").read_text())["metrics"]
+
+
+def sweep_dirs(logs: Path) -> list[Path]:
+    return sorted(p for p in (logs / "train" / "multiruns").iterdir() if p.is_dir())
+
+
+# -- Optuna -------------------------------------------------------------------------------------------
+
+
+def test_optuna_sweep_continues_from_its_database_and_survives_diverged_trials(cli_env, tmp_path):
+    db = tmp_path / "optuna.db"
+    common = ["hparams_search=lstm_optuna", f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=t",
+              *TINY, "model.finetune_after_steps=0", "trainer.max_epochs=1",
+              # the configured search space, narrowed to small models for speed (TPE over all four)
+              "model.hidden_size=choice(16,32)", "model.proj_dim=choice(8,16)"]
+    logs = Path(cli_env["TAGRANK_LOGS"])
+
+    first = ok(run_cli([*common, "hydra.sweeper.n_trials=2"], cli_env, tmp_path))
+    (sweep1,) = sweep_dirs(logs)
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
+    values = [t.value for t in study.trials]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    searched = {"model.lr", "model.hidden_size", "model.proj_dim", "model.dropout"}
+    assert all(set(t.params) == searched for t in study.trials)
+    for job in ("0", "1"):  # one run directory per trial, each a complete run
+        assert (sweep1 / job / "metrics.json").is_file() and (sweep1 / job / "checkpoints/last.ckpt").is_file()
+    best = yaml.safe_load((sweep1 / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(values))
+    assert "Study name: t" in first.stdout + first.stderr
+
+    # The same command, the same database: the study goes on (trial numbers 2, 3). Both new trials
+    # diverge (lr 1e37); each is recorded as failed and the second one still runs after the first.
+    second = ok(run_cli([*common, "hydra.sweeper.n_trials=2", "model.lr=1e37"], cli_env, tmp_path))
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    out = second.stdout + second.stderr
+    assert out.count("Failed experiment") == 2 and "training diverged at step" in out
+    sweep2 = sweep_dirs(logs)[-1]
+    best = yaml.safe_load((sweep2 / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(values))  # the best of the whole study
+
+
+# -- submitit (the SLURM launch path, on this machine) ----------------------------------------------
+
+
+def test_submitit_local_grid_sweep_one_run_and_one_wandb_run_per_job(cli_env, tmp_path):
+    ok(run_cli(["-m", "launcher=local", "model=lstm", "seed=1,2", "logger=wandb", *SMALL, "trainer.max_epochs=1"],
+               cli_env, tmp_path))
+    (sweep,) = sweep_dirs(Path(cli_env["TAGRANK_LOGS"]))
+    assert any((sweep / ".submitit").iterdir())  # the jobs went through submitit
+    runs = {}
+    for job, seed in (("0", 1), ("1", 2)):
+        run = sweep / job
+        assert OmegaConf.load(run / ".hydra/config.yaml").seed == seed
+        assert metrics_of(run)["n_images"] == 48
+        (wb,) = offline_runs(run / "wandb")
+        runs[job] = wb
+        assert wb.run_id == (run / "wandb_id").read_text().strip()
+        assert wb.config["seed"] == seed
+    assert runs["0"].run_id != runs["1"].run_id
+    assert runs["0"].group == runs["1"].group == f"train-{sweep.name}"  # grouped by sweep
+
+
+def test_slurm_launcher_config_makes_a_real_sbatch_script(tmp_path, monkeypatch):
+    """launcher=slurm composes (submitit_slurm, one GPU per trial, trainer=gpu) and submitit turns its
+    values into the sbatch flags we rely on (SIGUSR1 before the limit, requeue). ``srun`` is only looked
+    up on PATH by submitit's executor; the script is generated, not submitted."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["launcher=slurm", "hydra.launcher.partition=gpu",
+                                          "hydra.launcher.setup=[module load cuda]"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed" and cfg.data.pin_memory
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    import submitit
+
+    HydraConfig.instance().set_config(cfg)
+    launcher = instantiate(cfg.hydra.launcher)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin/srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    executor = submitit.AutoExecutor(folder=tmp_path / "sub", cluster="slurm")
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    params = {k if k in base else f"slurm_{k}": v for k, v in launcher.params.items()
+              if k not in ("submitit_folder", "max_num_timeout")}
+    executor.update_parameters(**params)
+    script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    for flag in ("--signal=USR1@120", "--requeue", "--gpus-per-node=1", "--ntasks-per-node=1", "--cpus-per-task=8",
+                 "--mem=32GB", "--time=240", "--partition=gpu"):
+        assert f"#SBATCH {flag}" in script, flag
+    assert "module load cuda" in script
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        local = compose("train", overrides=["launcher=local"], return_hydra_config=True)
+        ddp = compose("train", overrides=["trainer=ddp"], return_hydra_config=True)
+    assert local.hydra.launcher._target_.endswith("LocalLauncher") and local.trainer.accelerator == "cpu"
+    assert ddp.trainer.strategy == "ddp" and ddp.trainer.devices == "auto" and ddp.trainer.accelerator == "gpu"
+
+
+# -- W&B ----------------------------------------------------------------------------------------------
+
+
+def test_wandb_offline_run_has_config_metrics_curves_and_predictions_and_resumes(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "unused"))  # restored after the test
+    run = tmp_path / "run"
+    train(compose_cfg([*SMALL, "logger=[csv,wandb]", "logger.wandb.project=tagrank-test"], run, cache_dir))
+
+    (wb,) = offline_runs(run / "wandb")
+    assert wb.run_id == (run / "wandb_id").read_text().strip()
+    assert wb.config["model.hidden_size"] == 32 and wb.config["data.n_train"] == 96  # the composed config
+    keys = wb.keys()
+    assert {"train/loss", "val/loss", "test/loss", "lr-Adam"} <= keys
+    for stage in ("val", "test"):
+        assert {f"{stage}/{m}@{k}" for m in ("ndcg", "p") for k in range(1, 11)} <= keys
+        assert f"{stage}/curves_table/path" in keys  # the NDCG@k / P@k plot (wandb.plot.line_series)
+    tables = wb.values("val/predictions/path")
+    assert len(tables) == 2  # one per epoch
+    table = json.loads((next((run / "wandb").glob("offline-run-*")) / "files" / tables[-1]).read_text())
+    assert table["columns"] == ["image", "truth", "predicted"] and len(table["data"]) == 16
+    assert all(len(row[2].split(", ")) == 10 and row[1] for row in table["data"])
+    images = [local for path, local in wb.artifact_files if path.startswith("media/images/")]
+    assert len(images) >= 16 and all(Path(p).is_file() and str(run) in p for p in images)  # staged in the run
+    last_step = max(wb.values("trainer/global_step"))
+
+    # Resuming the run (ckpt_path) continues the same W&B run.
+    train(compose_cfg([*SMALL, "logger=[csv,wandb]", "logger.wandb.project=tagrank-test", "trainer.max_epochs=3",
+                       f"ckpt_path={run / 'checkpoints/last.ckpt'}"], run, cache_dir))
+    first, second = offline_runs(run / "wandb")
+    assert first.run_id == second.run_id == wb.run_id
+    assert min(second.values("trainer/global_step")) >= last_step and "val/predictions/path" in second.keys()
+    # The CSV log of the first session is kept beside the resumed one's.
+    assert "epoch" in (run / "csv/metrics-1.csv").read_text() and (run / "csv/metrics.csv").is_file()
+
+
+def test_wandb_online_without_credentials_fails_fast(tmp_path, cache_dir, monkeypatch):
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_cfg([*SMALL, "logger=wandb"], tmp_path / "run", cache_dir)
+    start = time.monotonic()
+    with pytest.raises(TagrankError, match="WANDB_MODE=online needs W&B credentials"):
+        train(cfg)
+    assert time.monotonic() - start < 5 and not (tmp_path / "run" / "wandb").exists()
+
+
+# -- divergence -----------------------------------------------------------------------------------------
+
+
+def test_diverged_run_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(cli_env, tmp_path):
+    # One good epoch (6 steps, checkpointed), then the backbone joins at lr 1e30 at step 7 and the
+    # loss is NaN at step 8.
+    run = tmp_path / "run"
+    proc = run_cli([*SMALL, "trainer.max_epochs=3", "model.finetune_after_steps=7", "model.finetune_lr=1e30",
+                    f"hydra.run.dir={run}"], cli_env, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "tagrank: error: training diverged at step 8 (epoch 1): the training loss is nan" in proc.stderr
+    assert f"the last good checkpoint is kept: {run / 'checkpoints/last.ckpt'}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 6 and ckpt["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not (run / "metrics.json").exists()
+
+
+def test_ddp_in_a_local_multirun_is_refused_with_a_clear_message(cli_env, tmp_path):
+    proc = run_cli(["-m", *SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                    "trainer.precision=32-true", "seed=1"], cli_env, tmp_path)
+    assert proc.returncode != 0
+    assert "trainer=ddp starts its extra processes by re-running the command" in proc.stdout + proc.stderr
+
+
+# -- slow: DDP, kill and resume, SLURM preemption -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_gives_exactly_the_metrics_of_one(cli_env, tmp_path):
+    # 47 test and 31 validation images: odd, so a padding sampler would score one image twice.
+    # Per-process batch 8 x 2 processes = batch 16 of the 1-process run: the same images per step.
+    data = [*SMALL, "data.n_val=31", "data.n_test=47", "model.dropout=0"]
+    one = tmp_path / "one"
+    ok(run_cli([*data, f"hydra.run.dir={one}"], cli_env, tmp_path))
+    logs = Path(cli_env["TAGRANK_LOGS"])
+    ok(run_cli([*data, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                "data.num_workers=0", "data.pin_memory=false", "data.batch_size=8", "logger=[csv,wandb]"],
+               cli_env, tmp_path))
+    (ddp,) = [p for p in (logs / "train" / "runs").iterdir()]  # one run directory for both processes
+    assert (ddp / "train_ddp_process_1.log").is_file()
+    ddp_metrics, one_metrics = metrics_of(ddp), metrics_of(one)
+    # The loss is a float32 mean of per-batch means (24 + 23 images vs 47): equal up to rounding.
+    assert ddp_metrics.pop("loss") == pytest.approx(one_metrics.pop("loss"), rel=1e-6)
+    assert ddp_metrics == one_metrics  # every ranking metric exactly
+    assert ddp_metrics["n_images"] == 47
+    assert (ddp / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
+    assert len(offline_runs(ddp / "wandb")) == 1  # logged from rank 0 only
+
+
+# A run long enough to be killed mid-epoch: 12 steps per epoch, last.ckpt every 4 steps, dropout on
+# (so the random state must be restored too), W&B on (the resumed run must continue it).
+KILLABLE = [*SMALL, "data.n_train=192", "trainer.max_epochs=3", "callbacks.step_checkpoint.every_n_train_steps=4",
+            "logger=[csv,wandb]"]
+STEPS_PER_EPOCH = 12
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir):
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    env = _env(tmp, cache_dir)
+    ok(run_cli([*KILLABLE, f"hydra.run.dir={tmp / 'run'}"], env, tmp))
+    return tmp / "run"
+
+
+def _env(tmp: Path, cache_dir: Path) -> dict:
+    env = own_wandb(dict(os.environ))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(TAGRANK_CACHE=str(cache_dir), TAGRANK_LOGS=str(tmp / "logs"), WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    return env
+
+
+def assert_same_wandb_run(run: Path) -> None:
+    """Two offline W&B sessions (killed, resumed) of the one W&B run whose id is in <run>/wandb_id.
+
+    A process killed with SIGKILL cannot flush what wandb buffered, so its session's file may hold
+    little more than its header; its directory still names the run id, and `wandb sync` merges both."""
+    run_id = (run / "wandb_id").read_text().strip()
+    sessions = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(sessions) == 2 and all(d.name.endswith(f"-{run_id}") for d in sessions)
+    resumed = read_offline_run(sessions[-1])
+    assert resumed.run_id == run_id and "test/ndcg_mean" in resumed.keys()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared"
+        assert time.monotonic() < end, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_to_the_same_result(uninterrupted, tmp_path, cache_dir):
+    env = _env(tmp_path, cache_dir)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(["tagrank-train", *KILLABLE, f"hydra.run.dir={run}"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)  # never a half-written file
+    assert ckpt["global_step"] % STEPS_PER_EPOCH != 0, "killed at an epoch boundary: the test needs mid-epoch"
+
+    ok(run_cli([*KILLABLE, f"ckpt_path={last}"], env, tmp_path))  # a new command, as a user would type it
+    assert metrics_of(run) == metrics_of(uninterrupted)
+    assert (run / "predictions.jsonl").read_text() == (uninterrupted / "predictions.jsonl").read_text()
+    assert_same_wandb_run(run)
+
+
+@pytest.mark.slow
+def test_slurm_preemption_saves_requeues_and_the_restarted_job_resumes(uninterrupted, tmp_path, cache_dir):
+    """What SLURM does before a time limit, on this machine: the job gets SIGUSR1 (launcher=slurm asks
+    for it), Lightning saves <run>/hpc_ckpt_1.ckpt and calls ``scontrol requeue <job>`` (here a stand-in
+    that records the call), SLURM kills the job and starts it again: same command, same directory."""
+    env = _env(tmp_path, cache_dir)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.calls"}\n')
+    (tmp_path / "bin/scontrol").chmod(0o755)
+    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
+    env.update(SLURM_JOB_ID="4242", SLURM_JOB_NAME="tagrank", SLURM_NTASKS="1", SLURM_NTASKS_PER_NODE="1",
+               SLURM_NODEID="0", SLURM_PROCID="0", SLURM_LOCALID="0")
+    run = tmp_path / "run"
+    command = ["tagrank-train", *KILLABLE, f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(run / "checkpoints" / "last.ckpt", proc)
+    proc.send_signal(signal.SIGUSR1)
+    _wait_for(tmp_path / "scontrol.calls", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    assert torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)["global_step"] > 0
+
+    restarted = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    ok(restarted)
+    assert "hpc_ckpt_1.ckpt" in restarted.stdout + restarted.stderr  # resumed from the preemption checkpoint
+    assert metrics_of(run) == metrics_of(uninterrupted)
+    assert_same_wandb_run(run)
