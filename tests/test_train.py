@@ -43,25 +43,29 @@ def test_train_writes_a_complete_run_and_eval_reproduces_it(tmp_path, cache_dir)
     model = LSTMTagger.load_from_checkpoint(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
     assert model.hparams.hidden_size == 300 and model.num_tags == model.out.out_features
 
-    # tagrank-eval (the real console script) prints and writes the same numbers. It needs the run's
-    # .hydra/config.yaml, which a real tagrank-train run writes; write the composed config there.
-    (run / ".hydra").mkdir()
+    # tagrank-eval (the real console script) prints and writes the same numbers.
+    again, stdout = _eval_cli(run, cfg, tmp_path / "eval")
+    assert again["metrics"] == metrics["metrics"]
+    assert f"{metrics['metrics']['ndcg_mean']:.4f}" in stdout
+
+
+def _eval_cli(run, cfg, out_dir, *overrides):
+    """Run the real ``tagrank-eval`` on ``run``'s best checkpoint and return its metrics.json."""
     from omegaconf import OmegaConf
 
+    # tagrank-eval needs the run's .hydra/config.yaml, which a real tagrank-train run writes.
+    (run / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run / ".hydra/config.yaml")
-    eval_dir = tmp_path / "eval"
     proc = subprocess.run(
-        [sys.executable, "-m", "tagrank.eval", f"ckpt_path={run}/checkpoints/best.ckpt",
-         f"hydra.run.dir={eval_dir}", f"paths.cache_dir={cfg.paths.cache_dir}", "trainer.enable_progress_bar=false"],
+        [sys.executable, "-m", "tagrank.eval", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={out_dir}",
+         f"paths.cache_dir={cfg.paths.cache_dir}", "trainer.enable_progress_bar=false", *overrides],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    again = json.loads((eval_dir / "metrics.json").read_text())
-    assert again["metrics"] == metrics["metrics"]
-    assert f"{metrics['metrics']['ndcg_mean']:.4f}" in proc.stdout
+    return json.loads((out_dir / "metrics.json").read_text()), proc.stdout
 
 
-def test_staged_finetuning_unfreezes_the_backbone(tmp_path, cache_dir):
-    cfg, _ = _train(tmp_path, cache_dir, "model.finetune_after_steps=4", "trainer.max_steps=7",
+def test_staged_finetuning_unfreezes_the_backbone_and_tests_it(tmp_path, cache_dir):
+    cfg, _ = _train(tmp_path, cache_dir, "model.finetune_after_steps=2", "trainer.max_steps=7",
                     "model.finetune_lr=0.001")
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     groups = ckpt["optimizer_states"][0]["param_groups"]
@@ -76,6 +80,14 @@ def test_staged_finetuning_unfreezes_the_backbone(tmp_path, cache_dir):
     assert not any("running_mean" in k for k in changed)  # BatchNorm statistics stay pretrained
     header = (tmp_path / "csv/metrics.csv").read_text().splitlines()[0]
     assert "lr-Adam/pg2" in header  # the second group's learning rate is logged
+
+    # Every validation came after the switch, so the best checkpoint holds a fine-tuned backbone, and
+    # the test numbers training printed must be those of that backbone on the images: the same numbers
+    # tagrank-eval gets from the checkpoint alone (not those of the cached pretrained features).
+    assert bool(torch.load(tmp_path / "checkpoints/best.ckpt", weights_only=True)["state_dict"]["backbone_finetuned"])
+    trained = json.loads((tmp_path / "metrics.json").read_text())
+    again, _ = _eval_cli(tmp_path, cfg, tmp_path / "eval")
+    assert again["metrics"] == trained["metrics"]
 
 
 def test_resume_from_last_checkpoint(tmp_path, cache_dir, caplog):

@@ -15,9 +15,16 @@ import warnings
 
 import torch
 from lightning import LightningModule
+from torchmetrics import MeanMetric
 
+from tagrank.callbacks import StagedFinetuning, diverged_message
+from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics
 from tagrank.models.backbones import build_backbone
+
+# The ranking metrics are logged with sync_dist=False on purpose: torchmetrics has already reduced their
+# sum states across processes, so every rank holds the exact value. Lightning would warn once per key.
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level in distributed setting")
 
 
 # The backbone is in eval mode on purpose (see RankedTagger.train); Lightning warns about it every fit.
@@ -32,9 +39,14 @@ class RankedTagger(LightningModule):
         self.backbone = build_backbone(backbone)
         self.backbone.requires_grad_(False)
         self.backbone.eval()  # Lightning restores captured module modes, so set it from the start
+        # Saved with the weights: a checkpoint written after the backbone was unfrozen must be scored
+        # on images through its own backbone, never on the cached features of the pretrained one.
+        self.register_buffer("backbone_finetuned", torch.tensor(False))
         self.feature_dim = self.backbone.out_dim
         self.val_metrics = RankingMetrics(top_k, relevance)
         self.test_metrics = RankingMetrics(top_k, relevance)
+        # Mean loss per image as sum states: exact under DDP (Lightning's sync_dist mean is not for odd counts).
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_predictions: list[tuple[int, list[int]]] = []
 
     # -- what a method defines ---------------------------------------------------------------
@@ -49,6 +61,9 @@ class RankedTagger(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets ``tagrank-eval`` rebuild the right class from the checkpoint alone.
         checkpoint["tagrank_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"].setdefault("backbone_finetuned", torch.tensor(False))  # older checkpoints
 
     @property
     def backbone_trainable(self) -> bool:
@@ -66,15 +81,19 @@ class RankedTagger(LightningModule):
             if "image" not in batch:
                 raise RuntimeError("the backbone is being fine-tuned but the batch has no images")
             return self.backbone(batch["image"])
-        if "features" in batch:
+        if self.backbone_finetuned:
+            if "image" not in batch:
+                raise RuntimeError("this model's backbone was fine-tuned: it needs images, not cached features")
+        elif "features" in batch:
             return batch["features"]
         with torch.no_grad():
             return self.backbone(batch["image"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
+        # Decided together (a loss can go non-finite on one rank only), before backward and the update.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            raise TagrankError(diverged_message(f"the training loss is {loss.item()}", self.trainer))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["target"]))
         return loss
 
@@ -82,7 +101,7 @@ class RankedTagger(LightningModule):
         preds = self.rank(batch)
         metrics.update(preds, batch["target"])
         if (batch["target"] >= 0).any():
-            self.log(f"{stage}/loss", self.loss(batch), batch_size=len(batch["target"]), sync_dist=True)
+            (self.val_loss if stage == "val" else self.test_loss).update(self.loss(batch), weight=len(batch["target"]))
         return preds
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -96,9 +115,16 @@ class RankedTagger(LightningModule):
         return self.rank(batch)
 
     def _log_metrics(self, stage: str, metrics: RankingMetrics) -> None:
-        values = metrics.compute()  # already reduced across processes by torchmetrics
+        values = metrics.compute()  # already reduced across processes by torchmetrics (exact sum states)
+        loss = self.val_loss if stage == "val" else self.test_loss
+        with warnings.catch_warnings():  # computed on every rank (it syncs), also one that saw no image
+            warnings.simplefilter("ignore")
+            mean_loss = loss.compute()
+        if torch.isfinite(mean_loss):  # no ground truth anywhere: no loss
+            values["loss"] = mean_loss
         self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()}, sync_dist=False)
         metrics.reset()
+        loss.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
@@ -108,6 +134,34 @@ class RankedTagger(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            # Each rank scored its own shard of the test images; every rank gets all predictions.
+            shards: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shards, self.test_predictions)
+            self.test_predictions = [p for shard in shards for p in shard]
+
+
+class RecurrentTagger(RankedTagger):
+    """The paper's training recipe, shared by both recurrent methods (``lstm``, ``naive_rnn``): Adam on
+    everything but the backbone, the learning rate halved when val NDCG stops improving, and the staged
+    fine-tuning of the backbone. Subclasses save ``lr``, ``betas``, ``eps``, ``lr_factor``,
+    ``lr_patience`` and ``finetune_*`` as hyperparameters.
+    """
+
+    def configure_optimizers(self):
+        params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        hp = self.hparams
+        optimizer = torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=hp.lr_factor,
+                                                               patience=hp.lr_patience)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/ndcg_mean", "strict": False}}
+
+    def configure_callbacks(self):
+        if self.hparams.finetune_after_steps > 0:
+            return [StagedFinetuning(self.hparams.finetune_after_steps, self.hparams.finetune_lr,
+                                     self.hparams.finetune_weight_decay)]
+        return []
 
 
 def greedy_distinct(logits: torch.Tensor) -> torch.Tensor:

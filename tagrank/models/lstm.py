@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tagrank.callbacks import StagedFinetuning
-from tagrank.models.base import RankedTagger, greedy_distinct
+from tagrank.models.base import RecurrentTagger, greedy_distinct
 
 
-class LSTMTagger(RankedTagger):
+class LSTMTagger(RecurrentTagger):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", proj_dim: int = 100,
                  hidden_size: int = 300, dropout: float = 0.5, lr: float = 4e-4,
                  betas: tuple[float, float] = (0.8, 0.999), eps: float = 1e-8, lr_factor: float = 0.5,
@@ -42,18 +41,3 @@ class LSTMTagger(RankedTagger):
 
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return greedy_distinct(self(self.image_features(batch), self.top_k))
-
-    def configure_optimizers(self):
-        params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
-        hp = self.hparams
-        optimizer = torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=hp.lr_factor,
-                                                               patience=hp.lr_patience)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/ndcg_mean", "strict": False}}
-
-    def configure_callbacks(self):
-        if self.hparams.finetune_after_steps > 0:
-            return [StagedFinetuning(self.hparams.finetune_after_steps, self.hparams.finetune_lr,
-                                     self.hparams.finetune_weight_decay)]
-        return []

@@ -1,0 +1,69 @@
+"""The paper's "Naive-RNN" baseline: a captioning-style LSTM (Fig. 2, bottom) that emits one tag per step.
+
+The image enters only once: the first step's input is the projected image feature plus the embedding of
+a START token, x_0 = W_I CNN(I) + b_I + E[START]; every later step takes the embedding of the previous
+tag, x_t = E[y_{t-1}] (the ground-truth tag in training: teacher forcing; the tag just emitted when
+decoding). z_t = W h_t + b, softmax over the V tags, the loss is the summed cross-entropy of the
+ground-truth list (as for the paper's LSTM). Hidden size, projection size, dropout, optimiser, schedule
+and staged fine-tuning are the same as :class:`~tagrank.models.lstm.LSTMTagger`; decoding is greedy, the
+best tag not yet emitted at each step, fed back as the next input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tagrank.models.base import RecurrentTagger
+
+
+class NaiveRNN(RecurrentTagger):
+    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", proj_dim: int = 100,
+                 hidden_size: int = 300, dropout: float = 0.5, lr: float = 4e-4,
+                 betas: tuple[float, float] = (0.8, 0.999), eps: float = 1e-8, lr_factor: float = 0.5,
+                 lr_patience: int = 2, finetune_after_steps: int = 7500, finetune_lr: float = 1e-5,
+                 finetune_weight_decay: float = 1e-3, top_k: int = 10, relevance: str = "linear") -> None:
+        super().__init__(num_tags, backbone, top_k, relevance)
+        self.save_hyperparameters()
+        self.start = num_tags  # the START token's row in the embedding
+        self.proj = nn.Linear(self.feature_dim, proj_dim)
+        self.embed = nn.Embedding(num_tags + 1, proj_dim)
+        self.lstm = nn.LSTM(proj_dim, hidden_size, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_tags)
+
+    def first_input(self, features: torch.Tensor) -> torch.Tensor:
+        start = torch.full((len(features),), self.start, dtype=torch.long, device=features.device)
+        return self.proj(features) + self.embed(start)
+
+    def forward(self, features: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, T, V]: step 0 sees the image and START, step t the tag ``previous[:, t-1]``.
+
+        ``previous`` [B, T-1] are the ground-truth tags fed back (padding -1 is allowed: it only
+        precedes padded targets, whose loss is ignored).
+        """
+        tags = self.embed(previous.clamp(min=0))
+        x = torch.cat([self.first_input(features)[:, None], tags], dim=1)
+        h, _ = self.lstm(self.drop(x))
+        return self.out(self.drop(h))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        target = batch["target"]
+        logits = self(self.image_features(batch), target[:, :-1])
+        ce = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1, reduction="sum")
+        return ce / len(target)
+
+    def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        features = self.image_features(batch)
+        batch_size, steps = len(features), min(self.top_k, self.num_tags)
+        rows = torch.arange(batch_size, device=features.device)
+        used = torch.zeros(batch_size, self.num_tags, dtype=torch.bool, device=features.device)
+        out = torch.empty(batch_size, steps, dtype=torch.long, device=features.device)
+        x, state = self.first_input(features), None
+        for t in range(steps):
+            h, state = self.lstm(self.drop(x)[:, None], state)
+            pick = self.out(self.drop(h[:, 0])).masked_fill(used, float("-inf")).argmax(-1)
+            out[:, t] = pick
+            used[rows, pick] = True
+            x = self.embed(pick)
+        return out
