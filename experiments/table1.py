@@ -5,9 +5,12 @@
     python experiments/table1.py data=pascal07 data.root=/path/VOC2007 logger=wandb
     python experiments/table1.py aggregate=logs/table1/synthetic/<time>   # re-aggregate finished runs
 
-1. Runs every method x seed as one Hydra multirun of the real ``tagrank-train``
-   (``tagrank-train -m model=lstm,svm,... seed=0,1,2 data=<data> hydra.sweep.dir=<sweep>``); any other
-   ``key=value`` argument (``trainer.max_epochs=5``, ``data.root=...``) is passed to every run.
+1. Runs every method x seed as Hydra multiruns of the real ``tagrank-train``
+   (``tagrank-train -m model=svm,svm_rank,frequency seed=0,1,2 data=<data> hydra.sweep.dir=<sweep>/frozen``);
+   the recurrent methods (lstm, naive_rnn) run as a second multirun into ``<sweep>/finetuned`` with
+   their staged fine-tuning schedule (``finetune``, below), as in the paper: the SVMs are trained on
+   the frozen CNN's features, the RNNs fine-tune it. Any other ``key=value`` argument
+   (``trainer.max_epochs=5``, ``data.root=...``) is passed to every run.
 2. Aggregates the run directories (``tagrank.aggregate``) into ``<results>/<data>/``: ``table1.md``,
    ``table1.csv``, ``curves.csv``, ``fig3.png`` (NDCG@k and P@k against k) and ``fig4.png`` (test
    images with the ground truth, the LSTM's and the SVM's lists), and logs them to an "aggregate" run of
@@ -15,7 +18,10 @@
 
 Settings (key=value): data (synthetic), seeds (3), methods (lstm,svm,svm_rank,naive_rnn,frequency),
 quick (false), logger (csv | tensorboard | wandb), results (results), sweep_dir (default
-``$TAGRANK_LOGS/table1/<data>/<time>``), aggregate (a finished sweep directory: skip step 1).
+``$TAGRANK_LOGS/table1/<data>/<time>``), aggregate (a finished sweep directory: skip step 1),
+finetune (the recurrent methods' schedule as an experiment name; ``auto``: ``synthetic_finetune`` on
+data=synthetic, none in quick mode, otherwise the model config's own ``finetune_after_steps`` (the
+paper's 7500) with the passed trainer settings; ``none``: frozen backbone for every method).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from tagrank.errors import TagrankError
 log = logging.getLogger("tagrank")
 
 SETTINGS = {"data": "synthetic", "seeds": "3", "methods": "lstm,svm,svm_rank,naive_rnn,frequency", "quick": "false",
-            "logger": "csv", "results": "results", "sweep_dir": "", "aggregate": ""}
+            "logger": "csv", "results": "results", "sweep_dir": "", "aggregate": "", "finetune": "auto"}
+RECURRENT = ("lstm", "naive_rnn")  # the methods that fine-tune the backbone
 
 # Quick mode: a small synthetic set at 64 px and short schedules; a smoke run of the whole pipeline.
 QUICK = ["data.n_train=1000", "data.n_val=200", "data.n_test=400", "data.image_size=64", "backbone.image_size=64",
@@ -63,25 +70,42 @@ def wandb_group(data: str, sweep_dir: Path) -> str:
     return f"table1-{data}-{Path(sweep_dir).name}"
 
 
+def rnn_overrides(settings: dict[str, str]) -> list[str]:
+    """The recurrent methods' schedule: an experiment config, or their model config's own."""
+    choice = settings["finetune"]
+    if choice == "auto":
+        choice = "synthetic_finetune" if settings["data"] == "synthetic" and settings["quick"].lower() != "true" else ""
+    if choice == "none":
+        return ["model.finetune_after_steps=0"]
+    return [f"experiment={choice}"] if choice else []
+
+
 def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) -> None:
-    """All methods x seeds as one Hydra multirun of tagrank-train (the basic launcher: one after another)."""
+    """The methods x seeds as Hydra multiruns of tagrank-train (the basic launcher: one after another):
+    one for the methods on frozen features, one for the fine-tuned recurrent methods."""
     exe = Path(sys.executable).parent / "tagrank-train"
     train = str(exe) if exe.is_file() else shutil.which("tagrank-train")
     if not train:
         raise TagrankError("tagrank-train is not installed (pip install -e .)")
     quick = settings["quick"].lower() == "true"
     seeds = ",".join(str(s) for s in range(int(settings["seeds"])))
-    cmd = [train, "-m", f"model={settings['methods']}", f"seed={seeds}", f"data={settings['data']}",
-           f"logger={settings['logger']}", f"hydra.sweep.dir={sweep_dir}", "trainer.enable_progress_bar=false"]
-    if settings["logger"] == "wandb":
-        cmd.append(f"logger.wandb.group={wandb_group(settings['data'], sweep_dir)}")
-    cmd += (QUICK if quick else []) + passthrough
-    print("+ " + " ".join(cmd), flush=True)
-    start = time.time()
-    proc = subprocess.run(cmd)
-    if proc.returncode != 0:
-        raise TagrankError(f"the multirun failed (exit status {proc.returncode}); finished runs are in {sweep_dir}")
-    print(f"multirun finished in {time.time() - start:.0f} s", flush=True)
+    methods = [m for m in settings["methods"].split(",") if m]
+    groups = {"frozen": ([m for m in methods if m not in RECURRENT], []),
+              "finetuned": ([m for m in methods if m in RECURRENT], rnn_overrides(settings))}
+    for group, (members, extra) in groups.items():
+        if not members:
+            continue
+        cmd = [train, "-m", f"model={','.join(members)}", f"seed={seeds}", f"data={settings['data']}",
+               f"logger={settings['logger']}", f"hydra.sweep.dir={sweep_dir / group}", "trainer.enable_progress_bar=false"]
+        if settings["logger"] == "wandb":
+            cmd.append(f"logger.wandb.group={wandb_group(settings['data'], sweep_dir)}")
+        cmd += extra + (QUICK if quick else []) + passthrough
+        print("+ " + " ".join(cmd), flush=True)
+        start = time.time()
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            raise TagrankError(f"the multirun failed (exit status {proc.returncode}); finished runs are in {sweep_dir}")
+        print(f"multirun ({group}) finished in {time.time() - start:.0f} s", flush=True)
 
 
 def report(sweep_dir: Path, out_dir: Path, logger: str) -> str:
@@ -113,11 +137,11 @@ def main(argv: list[str]) -> int:
             launch(settings, passthrough, sweep_dir)
         from tagrank import aggregate
 
-        data = aggregate.load_run(next(p for p in sorted(sweep_dir.iterdir()) if (p / ".hydra").is_dir())).data
+        data = aggregate.load_runs(sweep_dir)[0].data
         out_dir = Path(settings["results"]) / data
         md = report(sweep_dir, out_dir, settings["logger"])
-    except (TagrankError, StopIteration) as err:
-        print(f"table1: error: {err or 'no run directories found'}", file=sys.stderr)
+    except TagrankError as err:
+        print(f"table1: error: {err}", file=sys.stderr)
         return 2
     print(md)
     print(f"written: {out_dir}/table1.md, table1.csv, curves.csv, fig3.png, fig4.png (runs: {sweep_dir})")

@@ -104,9 +104,12 @@ def load_run(run_dir: Path) -> Run:
 
 
 def load_runs(sweep_dir: Path) -> list[Run]:
-    """Every run of a Hydra multirun directory (its numbered job folders)."""
+    """Every run under a sweep directory: a multirun's numbered job folders, also one level down
+    (experiments/table1.py writes ``<sweep>/frozen/N`` and ``<sweep>/finetuned/N``)."""
     sweep_dir = Path(sweep_dir)
-    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: p.name)
+    if not sweep_dir.is_dir():
+        raise TagrankError(f"{sweep_dir}: not a directory (expected a finished sweep directory)")
+    jobs = sorted({p.parent for pattern in ("*/.hydra", "*/*/.hydra") for p in sweep_dir.glob(pattern) if p.is_dir()})
     if not jobs:
         raise TagrankError(f"{sweep_dir}: no run directories (with .hydra/) found")
     return [load_run(p) for p in jobs]

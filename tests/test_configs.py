@@ -17,7 +17,7 @@ from .conftest import compose_cfg
 CONF = Path(CONF_DIR)
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
-GROUPS = ["backbone", "trainer", "logger", "callbacks", "debug", "experiment"]
+GROUPS = ["backbone", "trainer", "logger", "callbacks", "debug", "experiment", "launcher", "hparams_search"]
 
 
 def test_registry_is_not_empty():

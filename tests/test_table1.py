@@ -50,12 +50,14 @@ def write_run(run_dir: Path, method: str, seed: int, data: str, right: list[int]
 
 
 def known_sweep(tmp_path: Path, data: str = "pascal07") -> Path:
+    """The layout experiments/table1.py writes: <sweep>/finetuned/N for the RNNs, <sweep>/frozen/N else."""
     sweep = tmp_path / "sweep"
-    job = 0
+    jobs = {"frozen": 0, "finetuned": 0}
     for method, seeds in KNOWN.items():
+        group = "finetuned" if method == "lstm" else "frozen"
         for seed, right in seeds.items():
-            write_run(sweep / str(job), method, seed, data, right)
-            job += 1
+            write_run(sweep / group / str(jobs[group]), method, seed, data, right)
+            jobs[group] += 1
     return sweep
 
 
@@ -101,7 +103,7 @@ def test_no_paper_columns_for_a_dataset_the_paper_did_not_use(tmp_path):
 
 def test_a_run_whose_metrics_disagree_with_its_predictions_is_refused(tmp_path):
     sweep = known_sweep(tmp_path)
-    path = sweep / "0/metrics.json"
+    path = sweep / "finetuned/0/metrics.json"  # lstm, seed 0
     summary = json.loads(path.read_text())
     summary["metrics"]["ndcg_mean"] += 0.1
     path.write_text(json.dumps(summary))
@@ -111,8 +113,8 @@ def test_a_run_whose_metrics_disagree_with_its_predictions_is_refused(tmp_path):
 
 def test_a_failed_run_is_named(tmp_path):
     sweep = known_sweep(tmp_path)
-    (sweep / "3/metrics.json").unlink()
-    with pytest.raises(TagrankError, match="3: no metrics.json"):
+    (sweep / "frozen/1/metrics.json").unlink()
+    with pytest.raises(TagrankError, match="frozen/1: no metrics.json"):
         aggregate.load_runs(sweep)
 
 
@@ -146,6 +148,20 @@ def test_figures_and_the_wandb_table(tmp_path, monkeypatch):
     assert len(list(run_dir.glob("files/media/images/*.png"))) == 2
     aggregate.log_aggregate("tensorboard", tmp_path, rows, "pascal07", {"fig3": fig3}, "md")
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_recurrent_methods_get_their_finetuning_schedule():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import table1
+    finally:
+        sys.path.pop(0)
+    settings = dict(table1.SETTINGS)
+    assert table1.rnn_overrides(settings) == ["experiment=synthetic_finetune"]
+    assert table1.rnn_overrides({**settings, "quick": "true"}) == []
+    assert table1.rnn_overrides({**settings, "data": "pascal07"}) == []  # the model config's own 7500 steps
+    assert table1.rnn_overrides({**settings, "finetune": "none"}) == ["model.finetune_after_steps=0"]
+    assert table1.rnn_overrides({**settings, "finetune": "paper_pascal07"}) == ["experiment=paper_pascal07"]
 
 
 def test_table1_rejects_bad_arguments():
