@@ -261,6 +261,7 @@ def test_labelme_object_order_pinned(tmp_path):
     assert {r.image for r in records} >= {"Images/static_outdoor_street/img_0042.jpg"}
     assert labelme_name("Car_Side") == "car" and labelme_name("PERSONS") == "person"
     assert labelme_name("glasses") == "glasses"  # not a plural of anything in the table
+    assert [labelme_name(n) for n in ("boys", "bikes", "Street Lights", "sofas")] == ["person", "bicycle", "streetlight", "couch"]
 
 
 def test_labelme_image_list_and_bad_input(tmp_path):
@@ -359,6 +360,25 @@ def test_coco_caption_order_pinned(tmp_path):
     # cat 1+0+0+1+1, orange 0+2+2+2+0 = bed 2+1+1+0+2 (tie: orange was mentioned first)
     assert lists(loose)["000000000003"] == ["cat", "orange", "bed"]
     assert "000000000011" not in lists(loose)
+
+
+def test_a_build_finished_by_another_process_is_kept(tmp_path):
+    """Two jobs (a SLURM array, parallel trials) build the same dataset: the second keeps the first's."""
+    from tagrank.data.records import Record, write_manifest
+    from tagrank.data.source import Source
+
+    class Racing(Source):
+        name = "racing"
+
+        def build(self, out_dir):
+            other = tmp_path / "cache" / self.cache_key()  # the other job renames its folder in first
+            other.mkdir(parents=True)
+            write_manifest([Record("x.png", ["first"], "train")], other / MANIFEST)
+            return [Record("x.png", ["second"], "train")]
+
+    folder = ensure_built(Racing(), tmp_path / "cache")
+    assert [r.tags for r in read_manifest(folder / MANIFEST)] == [["first"]]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.name]  # no partial folder left
 
 
 def test_cache_key_follows_the_data_and_the_rules(tmp_path, monkeypatch):
@@ -502,6 +522,20 @@ def test_boxes_fixture_pinned_and_bad_lines(tmp_path):
     assert left["no_tags"] == 1
     with_difficult, _ = build(BoxesSource(root=str(root), include_difficult=True, split=[1, 0, 1]), tmp_path)
     assert lists(with_difficult)["b"] == ["sofa", "pottedplant", "cup"]
+    # A box file edited in place (same size, only its content and time change) rebuilds the dataset.
+    box = root / "ground-truth" / "a.txt"
+    box.write_text(box.read_text().replace("book 0 0 5 5", "book 0 0 9 9").replace("tvmonitor 0 0 12 12", "tvmonitor 0 0 99 99"))
+    edited, _ = build(BoxesSource(root=str(root), split=[1, 0, 1]), tmp_path)
+    assert lists(edited)["a"] == ["tvmonitor", "chair", "book"]
+    (root / "ground-truth" / "e.txt").write_text("chair 0 0 nan 10\n")
+    jpeg(root / "images" / "e.JPG")  # any case of the suffix
+    with pytest.raises(TagrankError, match=r"e\.txt:1: box coordinates must be finite numbers"):
+        BoxesSource(root=str(root)).build(tmp_path / "e")
+    (root / "ground-truth" / "e.txt").write_text("chair 0 0 10 10\n")
+    assert "e" in lists(build(BoxesSource(root=str(root), split=[1, 0, 1]), tmp_path)[0])
+    for name in ("e.txt",):
+        (root / "ground-truth" / name).unlink()
+    (root / "images" / "e.JPG").unlink()
 
     (root / "ground-truth" / "c.txt").write_text("chair 0 0 10\n")
     (root / "ground-truth" / "d.txt").write_text("chair 0 0 10 10\n")

@@ -11,6 +11,7 @@ left out unless ``data.include_difficult=true``. No paper protocol: split 70/10/
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tagrank.data.normalize import normalize_tag
 from tagrank.data.records import Record
 from tagrank.errors import TagrankError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # any case
 
 
 def read_boxes(path: Path, include_difficult: bool, problems: Problems) -> list[tuple[str, float]] | None:
@@ -43,6 +44,9 @@ def read_boxes(path: Path, include_difficult: bool, problems: Problems) -> list[
             xmin, ymin, xmax, ymax = (float(w) for w in words[-4:])
         except ValueError:
             problems("bad_box_line", f"{path}:{line_no}", f"expected 'class xmin ymin xmax ymax [difficult]', got {line.strip()!r}")
+            return None
+        if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+            problems("bad_box_line", f"{path}:{line_no}", f"box coordinates must be finite numbers: {line.strip()!r}")
             return None
         if xmax < xmin or ymax < ymin:
             problems("bad_box_line", f"{path}:{line_no}", f"box has xmax < xmin or ymax < ymin: {line.strip()!r}")
@@ -74,7 +78,7 @@ class BoxesSource(RawSource):
         for d, key in ((label_dir, "labels"), (image_dir, "images")):
             if not d.is_dir():
                 raise TagrankError(f"data.{key}: {d} is not a folder (expected {self.layout})")
-        images = {p.stem: p for p in sorted(image_dir.iterdir(), reverse=True) if p.suffix in IMAGE_SUFFIXES}
+        images = {p.stem: p for p in sorted(image_dir.iterdir(), reverse=True) if p.suffix.lower() in IMAGE_SUFFIXES}
         items = []
         for path in sorted(label_dir.glob("*.txt")):
             image = images.get(path.stem)

@@ -295,8 +295,9 @@ class CocoSource(RawSource):
     def convert(self, root: Path, problems: Problems) -> list[Record]:
         if self.order not in ORDERS:
             raise TagrankError(f"data.order={self.order!r}: expected one of {list(ORDERS)}")
-        if not 0 <= self.val_fraction < 1:
-            raise TagrankError(f"data.val_fraction={self.val_fraction}: expected a fraction in [0, 1)")
+        if not 0 < self.val_fraction < 1:
+            raise TagrankError(f"data.val_fraction={self.val_fraction}: expected a fraction in (0, 1): "
+                               "the validation split comes from train")
         records = []
         for subset in ("train", "val"):
             images, ranked = self.ranked(subset, problems)

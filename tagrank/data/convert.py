@@ -56,14 +56,18 @@ class Problems:
 
 
 def fingerprint(paths: Iterable[Path]) -> str:
-    """Size and modification time of the given files and folders (a folder's changes when entries come or go)."""
+    """Size and modification time of the given files and of every file under the given folders, so an
+    annotation edited in place (not only one added or removed) rebuilds the dataset."""
     h = hashlib.sha256()
     for p in paths:
-        try:
-            st = p.stat()
-            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
-        except OSError:
-            h.update(f"{p}:absent;".encode())
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        h.update(f"{p}:{len(files)};".encode())
+        for f in files:
+            try:
+                st = f.stat()
+                h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+            except OSError:
+                h.update(f"{f}:absent;".encode())
     return h.hexdigest()[:8]
 
 

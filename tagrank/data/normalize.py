@@ -76,6 +76,8 @@ LABELME_VARIANTS = {
 }
 
 LABELME_SYNONYMS: dict[str, str] = {plural(w): w for w in _LABELME_SINGULAR if plural(w) != w}
+# A variant's plural means what the variant means ("boys", "bikes", "street lights").
+LABELME_SYNONYMS.update({plural(k): v for k, v in LABELME_VARIANTS.items() if plural(k) not in LABELME_VARIANTS})
 LABELME_SYNONYMS.update(LABELME_VARIANTS)
 
 

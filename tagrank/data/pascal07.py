@@ -98,7 +98,7 @@ class Pascal07Source(RawSource):
     layout = "a folder with VOC2007/JPEGImages, Annotations and ImageSets/Main"
 
     def tag_file(self) -> Path | None:
-        return Path(self.root or ".", self.tags).expanduser() if self.tags else None
+        return Path(self.root or ".", Path(self.tags).expanduser()) if self.tags else None
 
     def inputs(self) -> list[Path]:
         voc = Path(self.root)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 from tagrank.data.records import MANIFEST, Record, write_manifest
@@ -52,16 +52,17 @@ def ensure_built(source: Source, cache_dir: Path) -> Path:
             raise TagrankError(f"data source {source.name!r} produced no records (check data.root and its contents)")
         write_manifest(records, tmp / MANIFEST)
         (tmp / "source.json").write_text(json.dumps({"source": type(source).__name__, **asdict(source)}, indent=1, default=str))
+        if (target / MANIFEST).is_file():
+            return target  # another process (a SLURM array, parallel trials) finished the same build first
         if target.exists():  # a half-built folder from an older version: never reuse it
             shutil.rmtree(target)
-        tmp.rename(target)
-    except FileExistsError:
-        pass  # another process finished the same build first; both are identical
+        try:
+            tmp.rename(target)
+        except OSError:  # lost the race to another process's rename: use its (identical) folder
+            if not (target / MANIFEST).is_file():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
-
-def source_fields(source: Source) -> list[str]:
-    return [f.name for f in fields(source)]
