@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning, Callback
+from lightning.pytorch.strategies import DDPStrategy
 
 from tagrank.errors import TagrankError
 
@@ -36,6 +37,16 @@ class StagedFinetuning(BaseFinetuning):
     def freeze_before_training(self, pl_module) -> None:
         self.freeze(pl_module.backbone, train_bn=False)
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # freezes the backbone
+        # DDP synchronises the gradients of the parameters that require grad when it wraps the model
+        # (after this hook): a backbone frozen then would train apart on every process after the
+        # switch. So DDP sees it trainable; on_fit_start freezes it again until the switch (the
+        # unused parameters meanwhile are why trainer=ddp finds unused parameters).
+        self._ddp_register = stage == "fit" and isinstance(trainer.strategy, DDPStrategy) and trainer.world_size > 1
+        if self._ddp_register:
+            pl_module.backbone.requires_grad_(True)
+
     def finetune_function(self, pl_module, epoch: int, optimizer) -> None:
         pass  # step-based: see on_train_batch_start
 
@@ -44,6 +55,8 @@ class StagedFinetuning(BaseFinetuning):
         super().on_fit_start(trainer, pl_module)
         if resumed_after_switch:
             self.make_trainable(pl_module.backbone)
+        elif getattr(self, "_ddp_register", False):
+            self.freeze(pl_module.backbone, train_bn=False)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         pass  # the base class would call finetune_function each epoch
@@ -52,7 +65,8 @@ class StagedFinetuning(BaseFinetuning):
         if trainer.global_step < self.unfreeze_at_step or pl_module.backbone_trainable:
             return
         if "image" not in batch:
-            raise RuntimeError("fine-tuning needs images in the batch; the run was started with cached features only")
+            raise TagrankError("fine-tuning needs images in the batch, but this run was started with cached "
+                               "features only (it did not expect to reach model.finetune_after_steps)")
         optimizer = trainer.optimizers[0]
         n_groups = len(optimizer.param_groups)
         self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=self.lr, train_bn=True)

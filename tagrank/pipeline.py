@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,12 @@ def planned_steps(cfg: DictConfig, dm: RankedTagDataModule) -> int:
     max_steps = cfg.trainer.get("max_steps", -1) or -1
     if max_steps > 0:
         return max_steps
-    per_epoch = math.ceil(len(dm.rows("train")) / dm.batch_size)
-    return per_epoch * (cfg.trainer.get("max_epochs") or 1000)
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is None:
+        max_epochs = 1000  # Lightning's default when neither limit is set
+    if max_epochs < 0:
+        return sys.maxsize  # no limit: the run will reach any switch
+    return math.ceil(len(dm.rows("train")) / dm.batch_size) * max_epochs
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:
@@ -136,7 +141,7 @@ def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, f
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("test/")}
-    prior = frequency_prior(dm, split, model.top_k)
+    prior = frequency_prior(dm, split, model.top_k, model.test_metrics.relevance)
     print(format_table(test, model.top_k, title=title))
     print(format_table(prior, model.top_k, title="frequency prior (training tags by frequency, same for every image)"))
     summary = {"split": split, "metrics": test, "frequency_prior": prior}
@@ -150,10 +155,10 @@ def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, f
     return test
 
 
-def frequency_prior(dm: RankedTagDataModule, split: str, k: int) -> dict[str, float]:
+def frequency_prior(dm: RankedTagDataModule, split: str, k: int, relevance: str = "linear") -> dict[str, float]:
     """The floor any method must beat: the training split's most frequent tags, in order, for every image."""
     rows = dm.rows(split)
-    metric = RankingMetrics(k, sync_on_compute=False)  # computed on one process (rank 0 under DDP)
+    metric = RankingMetrics(k, relevance, sync_on_compute=False)  # computed on one process (rank 0 under DDP)
     prior = torch.arange(min(k, len(dm.vocab))).expand(len(rows), -1)
     metric.update(prior, dm.targets[rows])
     return {key: float(v) for key, v in metric.compute().items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,10 +65,8 @@ def train(cfg: DictConfig) -> float | None:
             if trainer.is_global_zero:  # under DDP every rank has the same (synchronised) numbers
                 report(dm, model, metrics, out_dir, title=f"test split, {best or 'last weights'}")
     finally:
-        for lg in trainer.loggers:
-            lg.finalize("success")
-        _finish_wandb()
-    value = fitted.get(cfg.get("optimized_metric") or "")
+        _finish_wandb()  # Lightning has finalized the loggers ("success" or "failed")
+    value = best_score(trainer, cfg.get("optimized_metric") or "", fitted)
     if value is not None and not math.isfinite(value):
         raise TagrankError(f"{cfg.optimized_metric} is {value}: this run diverged")  # a sweeper records a failed trial
     return value
@@ -105,13 +104,22 @@ def resume_point(cfg: DictConfig) -> str | None:
 def extraction_device(cfg: DictConfig, model: L.LightningModule):
     """Compute the backbone features on the GPU when the run trains on one (they are cached either way)."""
     gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    if gpu:
-        model.backbone.cuda()
+    if gpu:  # each DDP process on its own GPU (Lightning has not set the device yet)
+        model.backbone.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}")
     try:
         yield
     finally:
         if gpu:
             model.backbone.cpu()
+
+
+def best_score(trainer: L.Trainer, metric: str, fitted: dict[str, float]) -> float | None:
+    """What a sweeper optimises: the score of the checkpoint the run keeps (best.ckpt) when it is
+    selected on that metric, not the last validation, which early stopping leaves past the best."""
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and ckpt.monitor == metric and ckpt.best_model_score is not None:
+        return float(ckpt.best_model_score)
+    return fitted.get(metric)
 
 
 def refuse_ddp_relaunch_in_multirun(trainer: L.Trainer) -> None:

@@ -154,7 +154,7 @@ def test_slurm_launcher_config_makes_a_real_sbatch_script(tmp_path, monkeypatch)
         local = compose("train", overrides=["launcher=local"], return_hydra_config=True)
         ddp = compose("train", overrides=["trainer=ddp"], return_hydra_config=True)
     assert local.hydra.launcher._target_.endswith("LocalLauncher") and local.trainer.accelerator == "cpu"
-    assert ddp.trainer.strategy == "ddp" and ddp.trainer.devices == "auto" and ddp.trainer.accelerator == "gpu"
+    assert ddp.trainer.strategy == "ddp_find_unused_parameters_true" and ddp.trainer.devices == "auto" and ddp.trainer.accelerator == "gpu"
 
 
 # -- W&B ----------------------------------------------------------------------------------------------
@@ -255,6 +255,28 @@ def test_ddp_on_two_cpu_processes_gives_exactly_the_metrics_of_one(cli_env, tmp_
     assert ddp_metrics["n_images"] == 47
     assert (ddp / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
     assert len(offline_runs(ddp / "wandb")) == 1  # logged from rank 0 only
+
+
+@pytest.mark.slow
+def test_ddp_fine_tuning_keeps_one_backbone_on_every_process(cli_env, tmp_path):
+    """After the switch, the backbone's gradients are synchronised: both processes end with the same
+    fine-tuned weights (unsynchronised, each would train its own copy on its own shard)."""
+    from .conftest import ROOT
+
+    env = {**cli_env, "PYTHONPATH": str(ROOT)}
+    run = tmp_path / "ddp"
+    ok(run_cli([*SMALL, "model.finetune_after_steps=3", "model.finetune_lr=0.001", "trainer.max_steps=8",
+                "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                "data.num_workers=0", "data.pin_memory=false", "data.batch_size=8", f"hydra.run.dir={run}",
+                "+callbacks.digest._target_=tests.probes.BackboneDigest"], env, tmp_path))
+    digests = {(run / f"backbone_rank{r}.txt").read_text() for r in (0, 1)}
+    assert len(digests) == 1
+    from tagrank.models.backbones import build_backbone
+    from tagrank.pipeline import state_digest
+
+    assert digests != {state_digest(build_backbone("efficientnet_lite0"))}  # it was fine-tuned
+    ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert len(ckpt["optimizer_states"][0]["param_groups"]) == 2 and bool(ckpt["state_dict"]["backbone_finetuned"])
 
 
 # A run long enough to be killed mid-epoch: 12 steps per epoch, last.ckpt every 4 steps, dropout on

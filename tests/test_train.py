@@ -64,9 +64,12 @@ def _eval_cli(run, cfg, out_dir, *overrides):
     return json.loads((out_dir / "metrics.json").read_text()), proc.stdout
 
 
-def test_staged_finetuning_unfreezes_the_backbone_and_tests_it(tmp_path, cache_dir):
-    cfg, _ = _train(tmp_path, cache_dir, "model.finetune_after_steps=2", "trainer.max_steps=7",
-                    "model.finetune_lr=0.001")
+def test_staged_finetuning_unfreezes_the_backbone_and_tests_it(tmp_path, cache_dir, caplog):
+    with caplog.at_level("INFO", logger="tagrank"):
+        cfg, _ = _train(tmp_path, cache_dir, "model.finetune_after_steps=2", "trainer.max_steps=7",
+                        "model.finetune_lr=0.001")
+    switches = [r.getMessage() for r in caplog.records if "backbone unfrozen" in r.getMessage()]
+    assert switches == ["step 2: backbone unfrozen (lr 0.001, weight decay 0.001)"]  # once, at the step asked
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     groups = ckpt["optimizer_states"][0]["param_groups"]
     assert len(groups) == 2 and groups[1]["lr"] == 0.001 and groups[1]["weight_decay"] == 0.001
@@ -109,7 +112,7 @@ def test_resume_from_last_checkpoint(tmp_path, cache_dir, caplog):
     (["ckpt_path=/nowhere/last.ckpt"], "ckpt_path='/nowhere/last.ckpt' does not exist"),
 ])
 def test_bad_input_is_one_clear_message(args, message, cli_env, tmp_path):
-    proc = subprocess.run(["tagrank-train", *args], capture_output=True, text=True, env=cli_env, timeout=120,
+    proc = subprocess.run(["tagrank-train", *args], capture_output=True, text=True, env=cli_env, timeout=600,
                           cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout

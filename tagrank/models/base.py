@@ -77,13 +77,15 @@ class RankedTagger(LightningModule):
         return self
 
     def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "computed_features" in batch:  # see _evaluate
+            return batch["computed_features"]
         if self.backbone_trainable:
             if "image" not in batch:
-                raise RuntimeError("the backbone is being fine-tuned but the batch has no images")
+                raise TagrankError("the backbone is being fine-tuned but the batch has no images")
             return self.backbone(batch["image"])
         if self.backbone_finetuned:
             if "image" not in batch:
-                raise RuntimeError("this model's backbone was fine-tuned: it needs images, not cached features")
+                raise TagrankError("this model's backbone was fine-tuned: it needs images, not cached features")
         elif "features" in batch:
             return batch["features"]
         with torch.no_grad():
@@ -98,6 +100,8 @@ class RankedTagger(LightningModule):
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, metrics: RankingMetrics) -> torch.Tensor:
+        # rank and loss both need the features: one backbone pass (on images, for a fine-tuned model)
+        batch = {**batch, "computed_features": self.image_features(batch)}
         preds = self.rank(batch)
         metrics.update(preds, batch["target"])
         if (batch["target"] >= 0).any():

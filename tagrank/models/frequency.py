@@ -1,8 +1,8 @@
 """The floor any learned method must beat: the training set's tags in frequency order, for every image.
 
-Nothing is learned by gradient: fitting is one pass over the training loader that counts how often each
-tag occurs (the ``counts`` buffer, saved in the checkpoint), after which the run stops itself (more
-epochs could not change anything). It still goes through the same Trainer path as every other method,
+Nothing is learned by gradient: fitting counts how often each tag occurs in the training split (the
+``counts`` buffer, saved in the checkpoint); one pass over the training loader logs the prior's loss,
+after which the run stops itself (more epochs could not change anything). It still goes through the same Trainer path as every other method,
 so its checkpoint, validation, test metrics and predictions are written like theirs. Ranking is by
 count, ties by tag id; the vocabulary is already ordered by training frequency, so the result equals
 the ``frequency_prior`` block of every run's ``metrics.json``.
@@ -31,15 +31,15 @@ class FrequencyPrior(RankedTagger):
         self.automatic_optimization = False
         self.register_buffer("counts", torch.zeros(num_tags, dtype=torch.long))
 
-    def on_train_epoch_start(self) -> None:
-        self._seen = torch.zeros_like(self.counts)  # this process's counts so far in this epoch
+    def on_fit_start(self) -> None:
+        # Counted from the training split itself, not from the batches: exact under DDP (no sampler
+        # padding counted twice) and after a run resumed mid-epoch.
+        dm = self.trainer.datamodule
+        target = dm.targets[dm.rows("train")]
+        self.counts.copy_(torch.bincount(target[target >= 0], minlength=self.num_tags))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        target = batch["target"]
-        self._seen += torch.bincount(target[target >= 0], minlength=self.num_tags)
-        # counts: this epoch's counts so far, summed over processes (each sees its own shard under DDP)
-        self.counts.copy_(self.trainer.strategy.reduce(self._seen.clone(), reduce_op="sum"))
-        loss = super().training_step(batch, batch_idx)
+        loss = super().training_step(batch, batch_idx)  # the training loss of the prior, for the logs
         self.optimizers().step()  # a no-op optimiser, but it counts the step (checkpointing follows steps)
         return loss
 

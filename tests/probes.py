@@ -1,0 +1,18 @@
+"""Callbacks the tests add to real runs (``+callbacks.<name>._target_=tests.probes.<Class>``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+from tagrank.pipeline import state_digest
+
+
+class BackboneDigest(Callback):
+    """Each process writes a hash of its backbone weights when training ends: under DDP the processes
+    must hold the same fine-tuned backbone."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        out = Path(trainer.default_root_dir) / f"backbone_rank{trainer.global_rank}.txt"
+        out.write_text(state_digest(pl_module.backbone))
