@@ -39,6 +39,8 @@ def load_checkpoint(path: Path) -> L.LightningModule:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    if cfg.split not in ("val", "test"):
+        raise TagrankError(f"split={cfg.split!r}: expected val or test")
     ckpt = Path(cfg.ckpt_path).expanduser()
     if not ckpt.is_file():
         raise TagrankError(f"ckpt_path={str(ckpt)!r} does not exist; pass <run>/checkpoints/best.ckpt")
@@ -62,8 +64,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     attach_inputs(cfg, dm, model, need_images=False)
     trainer = build_trainer(cfg)
     loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
-    if cfg.split not in ("val", "test"):
-        raise TagrankError(f"split={cfg.split!r}: expected val or test")
     # The test loop collects predictions; pointed at the val loader it scores the val split.
     metrics = trainer.test(model, dataloaders=loader, verbose=False)[0]
     return report(dm, model, metrics, Path(cfg.paths.output_dir), title=f"{cfg.split} split, {ckpt}", split=cfg.split)

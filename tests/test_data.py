@@ -44,7 +44,10 @@ def test_manifest_round_trip_and_errors(tmp_path):
     with pytest.raises(TagrankError, match=r"bad.jsonl:2"):
         read_manifest(bad)
     bad.write_text('{"image": "1.jpg", "tags": ["a"], "split": "holdout"}\n')
-    with pytest.raises(TagrankError, match="holdout"):
+    with pytest.raises(TagrankError, match=r"bad.jsonl:1: .*split 'holdout' is not one of"):
+        read_manifest(bad)
+    bad.write_bytes(b'{"image": "\xff.jpg", "tags": [], "split": "train"}\n')
+    with pytest.raises(TagrankError, match="cannot read the manifest as UTF-8"):
         read_manifest(bad)
     with pytest.raises(TagrankError, match="no records"):
         (tmp_path / "empty.jsonl").write_text("")

@@ -66,18 +66,23 @@ def read_manifest(path: Path) -> list[Record]:
     if not path.is_file():
         raise TagrankError(f"{path}: manifest not found")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                record = Record(image=str(raw["image"]), tags=[str(t) for t in raw["tags"]], split=str(raw["split"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise TagrankError(
-                    f"{path}:{line_no}: expected a JSON object with keys image, tags (a list) and split ({err!r})"
-                ) from err
-            records.append(record)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise TagrankError(f"{path}: cannot read the manifest as UTF-8 text ({err})") from err
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            record = Record(image=str(raw["image"]), tags=[str(t) for t in raw["tags"]], split=str(raw["split"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise TagrankError(
+                f"{path}:{line_no}: expected a JSON object with keys image, tags (a list) and split ({err!r})"
+            ) from err
+        except TagrankError as err:  # a bad split value
+            raise TagrankError(f"{path}:{line_no}: {err}") from err
+        records.append(record)
     if not records:
         raise TagrankError(f"{path}: the manifest holds no records")
     return records
@@ -132,7 +137,7 @@ class Vocabulary:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls(tags=list(data["tags"]), counts=dict(data["counts"]), min_tag_count=int(data["min_tag_count"]))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise TagrankError(f"{path}: not a tagrank vocabulary (expected keys tags, counts, min_tag_count): {err}") from err
 
 
