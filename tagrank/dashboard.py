@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tagrank.config import in_multirun
+from tagrank.data.records import atomic_write_text
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")
@@ -73,10 +74,7 @@ def run_id(run_dir: Path) -> str | None:
         return path.read_text().strip()
     from wandb.sdk.lib.runid import generate_id
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(generate_id() + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, generate_id() + "\n")
     return path.read_text().strip()
 
 

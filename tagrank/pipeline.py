@@ -9,7 +9,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tagrank.config import instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features
+from tagrank.data.records import atomic_write
 from tagrank.metrics import RankingMetrics, format_table
 from tagrank.models.backbones import load_pretrained, resolve_weights
 
@@ -35,15 +35,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file and rename it: a killed run never leaves half a file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def build_data(cfg: DictConfig) -> RankedTagDataModule:

@@ -9,8 +9,6 @@ file that a later run would load as valid; a file that does not match the datase
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tagrank.data.datamodule import RankedTagDataModule, RankedTagDataset
+from tagrank.data.records import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +54,6 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
             log.warning("features: %s is unreadable (%s); recomputing", path, err)
     all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform)
     features = extract(backbone, all_rows, batch_size, num_workers)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"images": [r.image for r in dm.records], "features": features}, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save({"images": [r.image for r in dm.records], "features": features}, tmp))
     log.info("features: cached %s %s", tuple(features.shape), path)
     return features

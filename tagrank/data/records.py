@@ -13,7 +13,7 @@ import os
 import random
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,19 +41,28 @@ class Record:
             raise TagrankError(f"record for {self.image!r}: split {self.split!r} is not one of {SPLITS}")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that a reader sees either the old content or the new, never half of it."""
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Let ``write`` fill a temporary file beside ``path``, then rename it into place: a reader (or a
+    run started after a kill) sees the old file or the new one, never half of one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def write_manifest(records: Sequence[Record], path: Path) -> None:
