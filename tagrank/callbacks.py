@@ -8,7 +8,10 @@ dashboard callbacks MetricCurves and PredictionTable, which act only when a Wand
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +223,47 @@ class PredictionTable(Callback):
             rows.append([image, ", ".join(truth), ", ".join(dm.vocab.decode(pred))])
         logger.log_table("val/predictions", columns=["image", "truth", "predicted"], data=rows,
                          step=trainer.global_step)
+
+
+class SlurmRequeue(Callback):
+    """Before a SLURM time limit (SIGUSR1, asked for by launcher=slurm): save ``<run>/hpc_ckpt_N.ckpt``
+    at the next step boundary and requeue the job; the requeued job resumes from that checkpoint.
+
+    Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``) saves inside the signal handler,
+    at whatever point of a training step the signal lands, so a resumed run may repeat or skip part of
+    a step. Here the handler only takes note, and the checkpoint is written where ``last.ckpt`` is.
+    Training goes on until SLURM stops the job, as with Lightning's handler.
+    """
+
+    def __init__(self, signum: int = signal.SIGUSR1) -> None:
+        self.signum, self._asked = signum, False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            signal.signal(self.signum, self._take_note)
+
+    def _take_note(self, signum, frame) -> None:
+        self._asked = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self._asked, all=False):
+            return
+        self._asked = False
+        for lg in trainer.loggers:
+            lg.save()
+        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+        trainer.save_checkpoint(path)
+        log.info("SLURM time limit near: saved %s at step %d", path, trainer.global_step)
+        if trainer.is_global_zero:
+            requeue()
+
+
+def requeue() -> None:
+    """``scontrol requeue`` this job (or this task of an array job)."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    result = subprocess.run(["scontrol", "requeue", job], check=False)
+    if result.returncode == 0:
+        log.info("requeued SLURM job %s", job)
+    else:
+        log.warning("scontrol requeue %s failed with exit status %d", job, result.returncode)

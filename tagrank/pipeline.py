@@ -19,7 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tagrank.callbacks import NonFiniteGuard, RandomState
+from tagrank.callbacks import NonFiniteGuard, RandomState, SlurmRequeue
 from tagrank.config import instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
@@ -108,7 +108,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:
     if SLURMEnvironment.detect():
         # SIGUSR1 before the time limit (launcher=slurm asks sbatch for it): save <run>/hpc_ckpt_N.ckpt
         # and requeue; the requeued job runs in the same directory and resumes from it.
-        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        callbacks.append(SlurmRequeue(signal.SIGUSR1))
     trainer_cfg = OmegaConf.merge(cfg.trainer, overrides)
     return instantiate(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
