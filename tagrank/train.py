@@ -77,7 +77,7 @@ def resume_point(cfg: DictConfig) -> str | None:
 
     ``ckpt_path=<run>/checkpoints/last.ckpt`` continues ``<run>`` itself: its checkpoints (so the best
     checkpoint is still tracked), logs and W&B run (``<run>/wandb_id``). Under SLURM a requeued job
-    resumes by itself from the newer of Lightning's preemption checkpoint ``<run>/hpc_ckpt_N.ckpt``
+    resumes by itself from the newer of the preemption checkpoint ``<run>/hpc_ckpt_N.ckpt``
     (which Lightning picks up when ckpt_path is None) and ``<run>/checkpoints/last.ckpt``.
     """
     if cfg.get("ckpt_path"):
