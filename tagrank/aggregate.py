@@ -350,8 +350,10 @@ def plot_examples(examples: list[Example], path: Path, columns: int = 4, title: 
         ax = fig.add_subplot(grid[i // columns, i % columns])
         with Image.open(ex.image) as im:
             ax.imshow(im.convert("RGB"))
-        ax.set_xticks([])
-        ax.set_yticks([])
+        # The axes keep the whole cell whatever the image's shape (a portrait photo is centred in it),
+        # so the text columns below have the same width under every image and do not overlap.
+        ax.set_adjustable("datalim")
+        ax.axis("off")
         ax.set_title(Path(ex.image).name, fontsize=7, color="0.4", pad=2)
         n_show = min(max(len(ex.truth), 1), 5)
         cols = [("ground truth", [(t, "black") for t in ex.truth[:n_show]])]
@@ -362,7 +364,8 @@ def plot_examples(examples: list[Example], path: Path, columns: int = 4, title: 
             x = c * width
             ax.text(x, -0.03, label, transform=ax.transAxes, fontsize=7.5, fontweight="bold", va="top")
             for j, (tag, colour) in enumerate(words):
-                ax.text(x, -0.03 - (j + 1) * line, f"{j + 1}. {tag}", transform=ax.transAxes, fontsize=7,
+                short = tag if len(tag) <= 14 else tag[:13] + "…"
+                ax.text(x, -0.03 - (j + 1) * line, f"{j + 1}. {short}", transform=ax.transAxes, fontsize=7,
                         color=colour, va="top")
     if title:
         fig.suptitle(title, fontsize=11)
