@@ -58,6 +58,7 @@ class StagedFinetuning(BaseFinetuning):
         super().on_fit_start(trainer, pl_module)
         if resumed_after_switch:
             self.make_trainable(pl_module.backbone)
+            _start_images(trainer)
         elif getattr(self, "_ddp_register", False):
             self.freeze(pl_module.backbone, train_bn=False)
 
@@ -65,9 +66,18 @@ class StagedFinetuning(BaseFinetuning):
         pass  # the base class would call finetune_function each epoch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if trainer.global_step < self.unfreeze_at_step or pl_module.backbone_trainable:
+        if pl_module.backbone_trainable:
+            return
+        # Images are decoded only from a few batches before the switch: enough that the batches already
+        # prepared when it comes (2 per loader worker, and the one Lightning fetches ahead) carry them.
+        workers = getattr(trainer.datamodule, "num_workers", 0)
+        if trainer.global_step >= self.unfreeze_at_step - 2 * workers - 2:
+            _start_images(trainer)
+        if trainer.global_step < self.unfreeze_at_step:
             return
         if "image" not in batch:
+            if getattr(trainer.datamodule, "images_started", False):
+                return  # a batch prepared before the images started: switch at the next one
             raise TagrankError("fine-tuning needs images in the batch, but this run was started with cached "
                                "features only (it did not expect to reach model.finetune_after_steps)")
         optimizer = trainer.optimizers[0]
@@ -77,6 +87,12 @@ class StagedFinetuning(BaseFinetuning):
         self._store(pl_module, 0, n_groups, optimizer.param_groups)
         pl_module.backbone_finetuned.fill_(True)
         log.info("step %d: backbone unfrozen (lr %g, weight decay %g)", trainer.global_step, self.lr, self.weight_decay)
+
+
+def _start_images(trainer) -> None:
+    start = getattr(trainer.datamodule, "start_images", None)
+    if start is not None:
+        start()
 
 
 class RandomState(Callback):

@@ -62,7 +62,8 @@ def state_digest(module: torch.nn.Module) -> str:
 
 
 def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModule, need_images: bool) -> None:
-    """Give the data module cached features (frozen backbone) and, if it will be fine-tuned, images.
+    """Give the data module cached features (frozen backbone) and, if it will be fine-tuned, images
+    (decoded only from just before the switch: see StagedFinetuning).
 
     A model whose backbone was already fine-tuned gets images only: caching features of every
     fine-tuned checkpoint would fill the cache with entries no other run can use.
@@ -76,7 +77,7 @@ def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModu
     features = cached_features(dm, bb, cfg.backbone.name, state_digest(bb), cfg.backbone.image_size, transform,
                                batch_size=cfg.backbone.feature_batch_size, num_workers=dm.num_workers)
     dm.use_features(features)
-    dm.use_images(transform if need_images else None)
+    dm.use_images(transform if need_images else None, deferred=True)  # StagedFinetuning starts them
 
 
 def planned_steps(cfg: DictConfig, dm: RankedTagDataModule) -> int:

@@ -16,3 +16,13 @@ class BackboneDigest(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         out = Path(trainer.default_root_dir) / f"backbone_rank{trainer.global_rank}.txt"
         out.write_text(state_digest(pl_module.backbone))
+
+
+class BatchInputs(Callback):
+    """Records, per training step, whether the batch carried images (``<run>/batch_inputs.txt``: one
+    ``step:image|features`` per line): a run that fine-tunes later must not decode images before."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        kind = "image" if "image" in batch else "features"
+        with open(Path(trainer.default_root_dir) / "batch_inputs.txt", "a") as f:
+            f.write(f"{trainer.global_step}:{kind}\n")

@@ -66,10 +66,13 @@ def _eval_cli(run, cfg, out_dir, *overrides):
 
 def test_staged_finetuning_unfreezes_the_backbone_and_tests_it(tmp_path, cache_dir, caplog):
     with caplog.at_level("INFO", logger="tagrank"):
-        cfg, _ = _train(tmp_path, cache_dir, "model.finetune_after_steps=2", "trainer.max_steps=7",
-                        "model.finetune_lr=0.001")
+        cfg, _ = _train(tmp_path, cache_dir, "model.finetune_after_steps=5", "trainer.max_steps=9",
+                        "model.finetune_lr=0.001", "+callbacks.inputs._target_=tests.probes.BatchInputs")
     switches = [r.getMessage() for r in caplog.records if "backbone unfrozen" in r.getMessage()]
-    assert switches == ["step 2: backbone unfrozen (lr 0.001, weight decay 0.001)"]  # once, at the step asked
+    assert switches == ["step 5: backbone unfrozen (lr 0.001, weight decay 0.001)"]  # once, at the step asked
+    # Cached features alone until just before the switch (the batch Lightning fetches ahead), then images.
+    inputs = (tmp_path / "batch_inputs.txt").read_text().split()
+    assert inputs == [f"{s}:features" for s in range(4)] + [f"{s}:image" for s in range(4, 9)]
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     groups = ckpt["optimizer_states"][0]["param_groups"]
     assert len(groups) == 2 and groups[1]["lr"] == 0.001 and groups[1]["weight_decay"] == 0.001

@@ -44,10 +44,19 @@ def load_image(path: Path) -> Image.Image:
 
 
 class RankedTagDataset(Dataset):
+    """Items with cached ``features`` and/or a decoded ``image``.
+
+    With both attached, images are decoded only while ``images_on`` (a shared-memory flag, so loader
+    worker processes see it flip) is set: a run that fine-tunes later trains on features alone until
+    shortly before the switch, instead of decoding every image it does not use.
+    """
+
     def __init__(self, rows: list[int], targets: torch.Tensor, paths: list[Path],
-                 features: torch.Tensor | None = None, transform: Callable | None = None) -> None:
+                 features: torch.Tensor | None = None, transform: Callable | None = None,
+                 images_on: torch.Tensor | None = None) -> None:
         self.rows, self.targets, self.paths = rows, targets, paths
         self.features, self.transform = features, transform
+        self.images_on = images_on
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,7 +66,7 @@ class RankedTagDataset(Dataset):
         item = {"index": torch.tensor(row), "target": self.targets[row]}
         if self.features is not None:
             item["features"] = self.features[row]
-        if self.transform is not None:
+        if self.transform is not None and (self.features is None or self.images_on is None or bool(self.images_on)):
             item["image"] = self.transform(load_image(self.paths[row]))
         return item
 
@@ -92,7 +101,8 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
     """Builds the source's dataset once (cached), the vocabulary from its training split, and loaders.
 
     Before loaders are asked for, the training script attaches either cached features
-    (:meth:`use_features`) or an image transform (:meth:`use_images`), or both.
+    (:meth:`use_features`) or an image transform (:meth:`use_images`), or both; with both, images
+    can wait until :meth:`start_images` (the fine-tuning callback calls it just before the switch).
     """
 
     def __init__(self, source: str, cache_dir: str, min_tag_count: int = 1, batch_size: int = 16,
@@ -108,6 +118,7 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
         self.vocab: Vocabulary | None = None
         self.features: torch.Tensor | None = None
         self.transform: Callable | None = None
+        self.images_on = torch.ones((), dtype=torch.bool).share_memory_()
         self._resume_at: dict | None = None
 
     @property
@@ -157,14 +168,25 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
             raise TagrankError(f"feature cache has {len(features)} rows for {len(self.records)} images")
         self.features = features
 
-    def use_images(self, transform: Callable | None) -> None:
+    def use_images(self, transform: Callable | None, deferred: bool = False) -> None:
+        """Decode images with ``transform``; ``deferred``: only after :meth:`start_images` (features before)."""
         self.transform = transform
+        self.images_on.fill_(not deferred)
+
+    def start_images(self) -> None:
+        """From now on every item also carries its image (takes effect in running loader workers too)."""
+        self.images_on.fill_(True)
+
+    @property
+    def images_started(self) -> bool:
+        return self.transform is not None and bool(self.images_on)
 
     def dataset(self, split: str) -> RankedTagDataset:
         self.setup()
         if self.features is None and self.transform is None:
             raise TagrankError("the data module has neither cached features nor an image transform attached")
-        return RankedTagDataset(self.rows(split), self.targets, self.paths, self.features, self.transform)
+        return RankedTagDataset(self.rows(split), self.targets, self.paths, self.features, self.transform,
+                                self.images_on)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # Seeded, resumable order for training; unpadded shards for evaluation under DDP (samplers.py).
