@@ -65,14 +65,20 @@ class StagedFinetuning(BaseFinetuning):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         pass  # the base class would call finetune_function each epoch
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if pl_module.backbone_trainable:
-            return
+    def _start_images_if_due(self, trainer) -> None:
         # Images are decoded only from a few batches before the switch: enough that the batches already
         # prepared when it comes (2 per loader worker, and the one Lightning fetches ahead) carry them.
         workers = getattr(trainer.datamodule, "num_workers", 0)
         if trainer.global_step >= self.unfreeze_at_step - 2 * workers - 2:
             _start_images(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start_images_if_due(trainer)  # a run resumed just before the switch: before the first fetch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if pl_module.backbone_trainable:
+            return
+        self._start_images_if_due(trainer)
         if trainer.global_step < self.unfreeze_at_step:
             return
         if "image" not in batch:

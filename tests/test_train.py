@@ -96,6 +96,23 @@ def test_staged_finetuning_unfreezes_the_backbone_and_tests_it(tmp_path, cache_d
     assert again["metrics"] == trained["metrics"]
 
 
+def test_run_resumed_just_before_the_switch_fine_tunes_as_if_never_stopped(tmp_path, cache_dir, caplog):
+    # 6 steps per epoch: the first epoch ends on the step before the switch, the resumed run starts on it.
+    schedule = ["model.finetune_after_steps=6", "model.finetune_lr=0.001",
+                "+callbacks.inputs._target_=tests.probes.BatchInputs"]
+    _train(tmp_path / "whole", cache_dir, *schedule)
+    _train(tmp_path / "split", cache_dir, *schedule, "trainer.max_epochs=1")
+    last = tmp_path / "split/checkpoints/last.ckpt"
+    with caplog.at_level("INFO", logger="tagrank"):
+        _train(tmp_path / "split", cache_dir, *schedule, f"ckpt_path={last}")
+    assert "step 6: backbone unfrozen" in caplog.text
+    # The resumed run's first batch already carries images, so the switch comes at the same step.
+    assert (tmp_path / "split/batch_inputs.txt").read_text().split()[-6:] == [f"{s}:image" for s in range(6, 12)]
+    whole = json.loads((tmp_path / "whole/metrics.json").read_text())["metrics"]
+    split = json.loads((tmp_path / "split/metrics.json").read_text())["metrics"]
+    assert split == whole
+
+
 def test_resume_from_last_checkpoint(tmp_path, cache_dir, caplog):
     _train(tmp_path / "a", cache_dir, "trainer.max_epochs=1")
     last = tmp_path / "a/checkpoints/last.ckpt"
