@@ -58,7 +58,7 @@ class StagedFinetuning(BaseFinetuning):
         super().on_fit_start(trainer, pl_module)
         if resumed_after_switch:
             self.make_trainable(pl_module.backbone)
-            _start_images(trainer)
+            _start_images(trainer)  # before the sanity check: validation needs images from now on
         elif getattr(self, "_ddp_register", False):
             self.freeze(pl_module.backbone, train_bn=False)
 

@@ -113,6 +113,16 @@ def test_run_resumed_just_before_the_switch_fine_tunes_as_if_never_stopped(tmp_p
     assert split == whole
 
 
+def test_run_resumed_after_the_switch_keeps_fine_tuning_on_images(tmp_path, cache_dir):
+    schedule = ["model.finetune_after_steps=3", "model.finetune_lr=0.001",
+                "+callbacks.inputs._target_=tests.probes.BatchInputs"]
+    _train(tmp_path, cache_dir, *schedule, "trainer.max_epochs=1")
+    _train(tmp_path, cache_dir, *schedule, f"ckpt_path={tmp_path / 'checkpoints/last.ckpt'}")
+    assert (tmp_path / "batch_inputs.txt").read_text().split()[-6:] == [f"{s}:image" for s in range(6, 12)]
+    ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 12 and len(ckpt["optimizer_states"][0]["param_groups"]) == 2
+
+
 def test_resume_from_last_checkpoint(tmp_path, cache_dir, caplog):
     _train(tmp_path / "a", cache_dir, "trainer.max_epochs=1")
     last = tmp_path / "a/checkpoints/last.ckpt"
