@@ -2,8 +2,8 @@
 
 Nothing is learned by gradient: fitting counts how often each tag occurs in the training split (the
 ``counts`` buffer, saved in the checkpoint); one pass over the training loader logs the prior's loss,
-after which the run stops itself (more epochs could not change anything). It still goes through the same Trainer path as every other method,
-so its checkpoint, validation, test metrics and predictions are written like theirs. Ranking is by
+after which the run stops itself (more epochs could not change anything). It still goes through the
+same Trainer path as every other method, so its checkpoint, validation, test metrics and predictions are written like theirs. Ranking is by
 count, ties by tag id; the vocabulary is already ordered by training frequency, so the result equals
 the ``frequency_prior`` block of every run's ``metrics.json``.
 
