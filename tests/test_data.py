@@ -13,7 +13,7 @@ from tagrank.data.datamodule import RankedTagDataModule
 from tagrank.data.records import (MANIFEST, Record, Vocabulary, assign_splits, dataset_stats, read_manifest,
                                   write_manifest)
 from tagrank.data.source import Source, ensure_built
-from tagrank.data.synthetic import CLASSES, SyntheticSource, render_scene
+from tagrank.data.synthetic import CLASSES, SyntheticSource, class_pools, render_scene
 from tagrank.errors import TagrankError
 
 
@@ -75,6 +75,39 @@ def test_synthetic_scene_follows_the_documented_importance_rule():
     # Learnable (size matters a lot) but not just "largest first".
     assert 0.3 < first_is_largest / 150 < 0.9
     assert len(CLASSES) == 24
+
+
+def test_synthetic_class_frequencies_and_scenes():
+    counts = {c: 0 for c in CLASSES}
+    for i in range(200):
+        _, _, objects = render_scene(random.Random(i), 48, 2, 7, 0.15, 0.10, class_zipf=1.0)
+        for o in objects:
+            counts[o["class"]] += 1
+    (everything, weights), = class_pools(1.0, 0)
+    frequent, rare = max(CLASSES, key=counts.get), min(CLASSES, key=counts.get)
+    assert weights[everything.index(frequent)] == 1.0  # the head of the long tail is drawn most
+    assert counts[frequent] > 8 * counts[rare]
+
+    pools = class_pools(0.0, 4)
+    groups = [set(group) for group, _ in pools[1:]]
+    assert len(groups) == 4 and set().union(*groups) == set(CLASSES) and sum(map(len, groups)) == len(CLASSES)
+    scenes = set()
+    for i in range(40):  # purity 1: every object comes from its image's scene group
+        _, _, objects = render_scene(random.Random(i), 48, 2, 7, 0.15, 0.10, scenes=4, scene_purity=1.0)
+        scene = objects[0]["scene"]
+        scenes.add(scene)
+        assert {o["class"] for o in objects} <= groups[scene]
+    assert scenes == {0, 1, 2, 3}
+    for bad in ({"class_zipf": -1.0}, {"scenes": 25}, {"scene_purity": 1.5}):
+        with pytest.raises(TagrankError, match=f"data.{next(iter(bad))}="):
+            SyntheticSource(**bad)
+
+
+def test_synthetic_settings_added_later_keep_old_caches():
+    # The cache folder of the default settings before class_zipf/scenes existed: still the same dataset.
+    assert SyntheticSource().cache_key() == "synthetic-e55b7cdd6d9b"
+    assert SyntheticSource(class_zipf=0.7).cache_key() != SyntheticSource().cache_key()
+    assert SyntheticSource(scenes=4).cache_key() != SyntheticSource(scenes=4, scene_purity=0.5).cache_key()
 
 
 def test_synthetic_dataset_is_deterministic_and_cached(tmp_path):

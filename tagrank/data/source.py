@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from tagrank.data.records import MANIFEST, Record, write_manifest
 from tagrank.errors import TagrankError
@@ -23,6 +24,9 @@ class Source:
     """Base class; subclasses are dataclasses whose fields are their (plain) parameters."""
 
     name = "source"
+    # Settings added after datasets were first built, with the value that gives the old records: at that
+    # value they stay out of the cache key, so a cache built before they existed is still found.
+    later_settings: ClassVar[dict] = {}
 
     def build(self, out_dir: Path) -> list[Record]:
         """Write whatever files the dataset needs under ``out_dir`` and return its records."""
@@ -34,6 +38,7 @@ class Source:
 
     def cache_key(self) -> str:
         params = asdict(self) if is_dataclass(self) else {}
+        params = {k: v for k, v in params.items() if k not in self.later_settings or v != self.later_settings[k]}
         blob = json.dumps({"source": type(self).__name__, **params}, sort_keys=True, default=str)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

@@ -13,6 +13,14 @@ is noticed before a green ring of the same size). Objects are listed by decreasi
 below ``min_importance`` are left out (never the most important one), so the list is learnable from
 the image but not just "largest first".
 
+Which classes appear can follow two regularities of real tag sets (both off by default in the
+class, set in ``conf/data/synthetic.yaml``): long-tailed class frequencies (``class_zipf``: class
+weights ~ 1 / rank^s over a fixed shuffle of the classes, so frequency is not tied to salience) and
+co-occurrence (``scenes``: each image has one of that many scene types; each object comes from its
+scene's group of classes with probability ``scene_purity``, else from all classes). In PASCAL a
+person is in 40% of the images and a sofa comes with a chair; independent, uniform objects make the
+previous tag carry little information, which is exactly what the recurrent methods differ in.
+
 Everything is a function of ``seed`` and the image index, so the same parameters always give the
 same dataset; the train/val/test split is by index and saved in the manifest.
 """
@@ -29,6 +37,7 @@ from PIL import Image, ImageDraw
 
 from tagrank.data.records import Record
 from tagrank.data.source import Source
+from tagrank.errors import TagrankError
 
 SHAPES = {"star": 1.5, "cross": 1.25, "triangle": 1.1, "circle": 1.0, "square": 0.85, "ring": 0.7}
 COLOURS = {"red": ((215, 40, 40), 1.3), "yellow": ((235, 200, 35), 1.1), "blue": ((40, 80, 215), 0.95),
@@ -65,9 +74,32 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
         draw.polygon(_polygon(shape, cx, cy, r, angle), fill=fill)
 
 
+def class_pools(class_zipf: float, scenes: int) -> list[tuple[list[str], list[float]]]:
+    """Weighted class pools: [all classes] when ``scenes`` is 0, else [all classes, scene 0, scene 1, ...].
+
+    The shuffle is fixed (not the dataset seed) so that "the frequent classes" mean the same in every
+    dataset built with the same ``class_zipf``; scene groups interleave the frequency ranks, so every
+    scene has frequent and rare classes.
+    """
+    order = CLASSES[:]
+    random.Random("class-frequencies").shuffle(order)
+    weight = {c: 1.0 / (rank + 1) ** class_zipf for rank, c in enumerate(order)}
+    pools = [(CLASSES, [weight[c] for c in CLASSES])]
+    for g in range(scenes):
+        group = order[g::scenes]
+        pools.append((group, [weight[c] for c in group]))
+    return pools
+
+
 def render_scene(rng: random.Random, size: int, min_objects: int, max_objects: int, noise: float,
-                 min_importance: float) -> tuple[Image.Image, list[str], list[dict]]:
-    """One image, its ranked tag list, and every object's attributes (for tests and inspection)."""
+                 min_importance: float, class_zipf: float = 0.0, scenes: int = 0,
+                 scene_purity: float = 0.8) -> tuple[Image.Image, list[str], list[dict]]:
+    """One image, its ranked tag list, and every object's attributes (for tests and inspection).
+
+    With the defaults (uniform, independent classes) the random stream is the one of the first
+    datasets, so their caches and results stay valid.
+    """
+    pools = class_pools(class_zipf, scenes) if class_zipf or scenes else None
     nprng = np.random.default_rng(rng.getrandbits(32))
     # Background: a random two-colour gradient, grey strokes and speckle, all low-saturation.
     c0, c1 = (np.array([rng.randint(90, 200)] * 3) + nprng.integers(-25, 25, 3) for _ in range(2))
@@ -83,8 +115,13 @@ def render_scene(rng: random.Random, size: int, min_objects: int, max_objects: i
 
     ids = np.zeros((size, size), dtype=np.int16)  # which object is visible at each pixel (0: none)
     objects = []
+    scene = rng.randrange(scenes) if scenes else None
     for k in range(1, rng.randint(min_objects, max_objects) + 1):
-        cls = rng.choice(CLASSES)
+        if pools is None:
+            cls = rng.choice(CLASSES)
+        else:
+            group, weights = pools[0] if scene is None or rng.random() >= scene_purity else pools[1 + scene]
+            cls = rng.choices(group, weights)[0]
         colour, shape = cls.split("_")
         r = size * rng.uniform(0.06, 0.28)
         cx, cy = rng.uniform(0.05, 0.95) * size, rng.uniform(0.05, 0.95) * size
@@ -94,7 +131,7 @@ def render_scene(rng: random.Random, size: int, min_objects: int, max_objects: i
         mask = Image.new("L", (size, size), 0)
         _draw(ImageDraw.Draw(mask), shape, cx, cy, r, angle, 255)
         ids[np.asarray(mask) > 0] = k
-        objects.append({"class": cls, "cx": cx, "cy": cy, "r": r, "id": k})
+        objects.append({"class": cls, "cx": cx, "cy": cy, "r": r, "id": k, "scene": scene})
 
     d_max = math.hypot(size / 2, size / 2)
     for o in objects:
@@ -120,9 +157,21 @@ class SyntheticSource(Source):
     max_objects: int = 7
     noise: float = 0.15
     min_importance: float = 0.10
+    class_zipf: float = 0.0
+    scenes: int = 0
+    scene_purity: float = 0.8
     seed: int = 0
 
     name = "synthetic"
+    later_settings = {"class_zipf": 0.0, "scenes": 0, "scene_purity": 0.8}
+
+    def __post_init__(self) -> None:
+        if self.class_zipf < 0:
+            raise TagrankError(f"data.class_zipf={self.class_zipf}: expected >= 0 (0: uniform classes)")
+        if not 0 <= self.scenes <= len(CLASSES):
+            raise TagrankError(f"data.scenes={self.scenes}: expected 0 (no scenes) to {len(CLASSES)}")
+        if not 0 <= self.scene_purity <= 1:
+            raise TagrankError(f"data.scene_purity={self.scene_purity}: expected a probability in [0, 1]")
 
     def build(self, out_dir: Path) -> list[Record]:
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -131,7 +180,7 @@ class SyntheticSource(Source):
         for i, split in enumerate(splits):
             rng = random.Random(f"{self.seed}-{i}")
             image, tags, _ = render_scene(rng, self.image_size, self.min_objects, self.max_objects, self.noise,
-                                          self.min_importance)
+                                          self.min_importance, self.class_zipf, self.scenes, self.scene_purity)
             rel = f"images/{i:06d}.jpg"
             image.save(out_dir / rel, quality=92)
             records.append(Record(image=rel, tags=tags, split=split))
