@@ -1,0 +1,100 @@
+"""How often two annotators name the same object first: people (COCO captions) against the synthetic annotator.
+
+    python experiments/annotator_agreement.py                       # ../shared/data/coco-mini; noise 0.15,0.25,0.4
+    python experiments/annotator_agreement.py coco=/data/coco/annotations/captions_val2017.json noise=0.15
+    (coco: one or more captions files, comma-separated; each needs its instances_<split>.json beside it)
+
+Why: the synthetic annotator's only source of disagreement is the log-normal noise on each object's
+importance (``data.noise``), and how much noise the ranked lists carry decides how much a model can
+learn from the order, and how badly a model that feeds its previous tag back (the Naive-RNN) is misled
+by it. This measures the human figure the noise should match: over every pair of captions of one
+image, how often both mention the same COCO category first (images where the captions name two or
+more categories). For the synthetic annotator, two lists of the same scene with independent noise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+from tagrank.data.coco import caption_mentions, phrase_index
+from tagrank.data.synthetic import render_scene
+from tagrank.errors import TagrankError
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO_MINI = [ROOT.parent / f"shared/data/coco-mini/annotations/captions_{split}2017.json" for split in ("train", "val")]
+
+
+def top1_agreement(lists_per_image: list[list[tuple[str, ...]]]) -> tuple[float, int]:
+    """Share of annotator pairs (of one image) whose lists start with the same tag, and the number of pairs.
+
+    Images whose lists together hold fewer than two tags say nothing about order and are left out."""
+    agree = pairs = 0
+    for lists in lists_per_image:
+        lists = [lst for lst in lists if lst]
+        if len(set().union(*lists)) < 2:
+            continue
+        for a, b in itertools.combinations(lists, 2):
+            agree += a[0] == b[0]
+            pairs += 1
+    if not pairs:
+        raise TagrankError("no image has two annotators naming two or more tags between them")
+    return agree / pairs, pairs
+
+
+def caption_lists(captions_json: Path) -> list[list[tuple[str, ...]]]:
+    """Per image, each caption's COCO categories in order of first mention (the categories of the file
+    ``instances_*`` beside it)."""
+    instances = captions_json.with_name(captions_json.name.replace("captions_", "instances_"))
+    for path in (captions_json, instances):
+        if not path.is_file():
+            raise TagrankError(f"{path}: no such file (expected COCO captions_<split>.json with instances_<split>.json beside it)")
+    index = phrase_index([c["name"] for c in json.loads(instances.read_text())["categories"]])
+    per_image: dict[int, list[tuple[str, ...]]] = {}
+    for ann in json.loads(captions_json.read_text())["annotations"]:
+        per_image.setdefault(ann["image_id"], []).append(caption_mentions(ann["caption"], index))
+    return list(per_image.values())
+
+
+def synthetic_lists(noise: float, n_scenes: int = 1500, size: int = 128, min_importance: float = 0.10,
+                    annotators: int = 2) -> list[list[tuple[str, ...]]]:
+    """Per scene (the default data's first scenes), ``annotators`` lists with independent importance noise."""
+    out = []
+    for i in range(n_scenes):
+        _, _, objects = render_scene(random.Random(f"0-{i}"), size, 2, 7, 0.0, min_importance)  # noiseless
+        rng = random.Random(f"annotators-{i}")
+        lists = []
+        for _ in range(annotators):
+            scored = sorted(((o["importance"] * math.exp(rng.gauss(0.0, noise)), o["class"]) for o in objects), reverse=True)
+            kept = [c for j, (v, c) in enumerate(scored) if j == 0 or v >= min_importance]
+            lists.append(tuple(dict.fromkeys(kept)))
+        out.append(lists)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    settings = {"coco": ",".join(map(str, COCO_MINI)), "noise": "0.15,0.25,0.4", "scenes": "1500"}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in settings:
+            print(f"{arg!r}: expected key=value with key one of {list(settings)}", file=sys.stderr)
+            return 2
+        settings[key] = value
+    try:
+        share, pairs = top1_agreement([lists for f in settings["coco"].split(",") for lists in caption_lists(Path(f))])
+    except TagrankError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"COCO captions ({settings['coco']}):\n  same first category in {share:.3f} of {pairs} caption pairs")
+    for noise in (float(x) for x in settings["noise"].split(",")):
+        share, pairs = top1_agreement(synthetic_lists(noise, int(settings["scenes"])))
+        print(f"synthetic annotator, data.noise={noise}: same first tag in {share:.3f} of {pairs} scene pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
