@@ -13,13 +13,13 @@ is noticed before a green ring of the same size). Objects are listed by decreasi
 below ``min_importance`` are left out (never the most important one), so the list is learnable from
 the image but not just "largest first".
 
-Which classes appear can follow two regularities of real tag sets (both off by default in the
-class, set in ``conf/data/synthetic.yaml``): long-tailed class frequencies (``class_zipf``: class
-weights ~ 1 / rank^s over a fixed shuffle of the classes, so frequency is not tied to salience) and
-co-occurrence (``scenes``: each image has one of that many scene types; each object comes from its
-scene's group of classes with probability ``scene_purity``, else from all classes). In PASCAL a
-person is in 40% of the images and a sofa comes with a chair; independent, uniform objects make the
-previous tag carry little information, which is exactly what the recurrent methods differ in.
+Which classes appear can follow two regularities of real tag sets, both off by default:
+long-tailed class frequencies (``class_zipf``: class weights ~ 1 / rank^s over a fixed shuffle of the
+classes, so frequency is not tied to salience) and co-occurrence (``scenes``: each image has one of
+that many scene types; each object comes from its scene's group of classes with probability
+``scene_purity``, else from all classes). In PASCAL VOC 2007 a person is in 40% of the images, and
+indoor objects come together; with independent, uniform objects the previous tag tells little about
+the next one, and reading the previous tag is what sets the Naive-RNN apart from the paper's LSTM.
 
 Everything is a function of ``seed`` and the image index, so the same parameters always give the
 same dataset; the train/val/test split is by index and saved in the manifest.
