@@ -2,7 +2,7 @@
 
     python experiments/annotator_agreement.py                       # ../shared/data/coco-mini; noise 0.15,0.25,0.4
     python experiments/annotator_agreement.py coco=/data/coco/annotations/captions_val2017.json noise=0.15
-    (coco: one or more captions files, comma-separated; each needs its instances_<split>.json beside it)
+    (coco: one or more captions files, comma-separated)
 
 Why: the synthetic annotator's only source of disagreement is the log-normal noise on each object's
 importance (``data.noise``), and how much noise the ranked lists carry decides how much a model can
@@ -15,13 +15,14 @@ more categories). For the synthetic annotator, two lists of the same scene with 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 import sys
 from pathlib import Path
 
-from tagrank.data.coco import caption_mentions, phrase_index
+from tagrank.data.coco import read_captions
+from tagrank.data.convert import Problems
+from tagrank.data.normalize import COCO_SYNONYMS
 from tagrank.data.synthetic import render_scene
 from tagrank.errors import TagrankError
 
@@ -47,17 +48,11 @@ def top1_agreement(lists_per_image: list[list[tuple[str, ...]]]) -> tuple[float,
 
 
 def caption_lists(captions_json: Path) -> list[list[tuple[str, ...]]]:
-    """Per image, each caption's COCO categories in order of first mention (the categories of the file
-    ``instances_*`` beside it)."""
-    instances = captions_json.with_name(captions_json.name.replace("captions_", "instances_"))
-    for path in (captions_json, instances):
-        if not path.is_file():
-            raise TagrankError(f"{path}: no such file (expected COCO captions_<split>.json with instances_<split>.json beside it)")
-    index = phrase_index([c["name"] for c in json.loads(instances.read_text())["categories"]])
-    per_image: dict[int, list[tuple[str, ...]]] = {}
-    for ann in json.loads(captions_json.read_text())["annotations"]:
-        per_image.setdefault(ann["image_id"], []).append(caption_mentions(ann["caption"], index))
-    return list(per_image.values())
+    """Per image, each caption's COCO categories in order of first mention (the converter's reader)."""
+    if not captions_json.is_file():
+        raise TagrankError(f"{captions_json}: no such file (expected a COCO captions_<split>.json)")
+    _, mentions = read_captions(captions_json, list(COCO_SYNONYMS), Problems("raise"))
+    return list(mentions.values())
 
 
 def synthetic_lists(noise: float, n_scenes: int = 1500, size: int = 128, min_importance: float = 0.10,
