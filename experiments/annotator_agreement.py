@@ -23,7 +23,7 @@ from pathlib import Path
 from tagrank.data.coco import read_captions
 from tagrank.data.convert import Problems
 from tagrank.data.normalize import COCO_SYNONYMS
-from tagrank.data.synthetic import render_scene
+from tagrank.data.synthetic import ranked_tags, render_scene
 from tagrank.errors import TagrankError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +62,8 @@ def synthetic_lists(noise: float, n_scenes: int = 1500, size: int = 128, min_imp
     for i in range(n_scenes):
         _, _, objects = render_scene(random.Random(f"0-{i}"), size, 2, 7, 0.0, min_importance)  # noiseless
         rng = random.Random(f"annotators-{i}")
-        lists = []
-        for _ in range(annotators):
-            scored = sorted(((o["importance"] * math.exp(rng.gauss(0.0, noise)), o["class"]) for o in objects), reverse=True)
-            kept = [c for j, (v, c) in enumerate(scored) if j == 0 or v >= min_importance]
-            lists.append(tuple(dict.fromkeys(kept)))
-        out.append(lists)
+        out.append([tuple(ranked_tags([{**o, "importance": o["importance"] * math.exp(rng.gauss(0.0, noise))}
+                                       for o in objects], min_importance)) for _ in range(annotators)])
     return out
 
 

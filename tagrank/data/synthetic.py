@@ -139,10 +139,14 @@ def render_scene(rng: random.Random, size: int, min_objects: int, max_objects: i
         centrality = 1.0 - 0.6 * math.hypot(o["cx"] - size / 2, o["cy"] - size / 2) / d_max
         o["visible_area"] = area
         o["importance"] = salience(o["class"]) * math.sqrt(area) * centrality * math.exp(rng.gauss(0.0, noise))
+    return image, ranked_tags(objects, min_importance), objects
+
+
+def ranked_tags(objects: list[dict], min_importance: float) -> list[str]:
+    """The annotator's list: classes by decreasing importance, objects below ``min_importance`` left out
+    (never the most important one), each class named once."""
     ranked = sorted(objects, key=lambda o: -o["importance"])
-    kept = [o for i, o in enumerate(ranked) if i == 0 or o["importance"] >= min_importance]
-    tags = list(dict.fromkeys(o["class"] for o in kept))
-    return image, tags, objects
+    return list(dict.fromkeys(o["class"] for i, o in enumerate(ranked) if i == 0 or o["importance"] >= min_importance))
 
 
 @dataclass
