@@ -76,13 +76,19 @@ def main(argv: list[str]) -> int:
             return 2
         settings[key] = value
     try:
+        noises, n_scenes = [float(x) for x in settings["noise"].split(",")], int(settings["scenes"])
+    except ValueError:
+        print(f"noise={settings['noise']!r}, scenes={settings['scenes']!r}: expected comma-separated numbers "
+              "and an integer", file=sys.stderr)
+        return 2
+    try:
         share, pairs = top1_agreement([lists for f in settings["coco"].split(",") for lists in caption_lists(Path(f))])
     except TagrankError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"COCO captions ({settings['coco']}):\n  same first category in {share:.3f} of {pairs} caption pairs")
-    for noise in (float(x) for x in settings["noise"].split(",")):
-        share, pairs = top1_agreement(synthetic_lists(noise, int(settings["scenes"])))
+    for noise in noises:
+        share, pairs = top1_agreement(synthetic_lists(noise, n_scenes))
         print(f"synthetic annotator, data.noise={noise}: same first tag in {share:.3f} of {pairs} scene pairs")
     return 0
 

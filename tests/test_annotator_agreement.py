@@ -43,3 +43,6 @@ def test_cli_measures_coco_captioners():
     bad = subprocess.run([sys.executable, str(ROOT / "experiments/annotator_agreement.py"), "coco=/nonexistent/captions_x.json"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "/nonexistent/captions_x.json: no such file" in bad.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "experiments/annotator_agreement.py"), "noise=low"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "expected comma-separated numbers" in bad.stderr
