@@ -507,14 +507,21 @@ def test_tagrank_data_prints_statistics_and_skips(tmp_path, capsys):
 
 # --- boxes -----------------------------------------------------------------------------------------
 
-def test_boxes_fixture_pinned_and_bad_lines(tmp_path):
-    root = tmp_path / "boxes"
-    for name, lines in {"a": ["chair 0 0 10 10", "book 0 0 5 5", "chair 20 20 30 30", "tvmonitor 0 0 12 12"],
-                        "b": ["sofa 0 0 100 50", "pottedplant 1.5 1.5 20.5 80.5", "cup 0 0 1 1 difficult"],
-                        "c": []}.items():
+BOXES = {"a": ["chair 0 0 10 10", "book 0 0 5 5", "chair 20 20 30 30", "tvmonitor 0 0 12 12"],
+         "b": ["sofa 0 0 100 50", "pottedplant 1.5 1.5 20.5 80.5", "cup 0 0 1 1 difficult"],
+         "c": []}
+
+
+def write_boxes(root: Path, boxes: dict[str, list[str]] = BOXES) -> None:
+    for name, lines in boxes.items():
         jpeg(root / "images" / f"{name}.jpg")
         (root / "ground-truth").mkdir(exist_ok=True)
         (root / "ground-truth" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+
+
+def test_boxes_fixture_pinned_and_bad_lines(tmp_path):
+    root = tmp_path / "boxes"
+    write_boxes(root)
     from tagrank.data.boxes import BoxesSource
 
     records, left = build(BoxesSource(root=str(root), split=[1, 0, 1]), tmp_path)

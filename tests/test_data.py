@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule
 from tagrank.data.records import (MANIFEST, Record, Vocabulary, assign_splits, dataset_stats, read_manifest,
                                   write_manifest)
@@ -40,18 +41,28 @@ def test_manifest_round_trip_and_errors(tmp_path):
     write_manifest(records, tmp_path / MANIFEST)
     assert read_manifest(tmp_path / MANIFEST) == records
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"image": "1.jpg", "tags": ["a"], "split": "train"}\n{"image": "2.jpg", "tags": }\n')
+    bad.write_text('{"image": "1.jpg", "tags": ["a"], "split": "train"}\n')
+    with pytest.raises(cache.Unverified, match=r"bad.jsonl: no checksum file bad.jsonl.check"):
+        read_manifest(bad)  # never written by write_manifest: not trusted
+
+    def written(data: bytes, count: int = 1) -> None:  # content that matches its checksum, but is still bad
+        cache.write(bad, lambda tmp: Path(tmp).write_bytes(data), count)
+
+    written(b'{"image": "1.jpg", "tags": ["a"], "split": "train"}\n{"image": "2.jpg", "tags": }\n', 2)
     with pytest.raises(TagrankError, match=r"bad.jsonl:2"):
         read_manifest(bad)
-    bad.write_text('{"image": "1.jpg", "tags": ["a"], "split": "holdout"}\n')
+    written(b'{"image": "1.jpg", "tags": ["a"], "split": "holdout"}\n')
     with pytest.raises(TagrankError, match=r"bad.jsonl:1: .*split 'holdout' is not one of"):
         read_manifest(bad)
-    bad.write_bytes(b'{"image": "\xff.jpg", "tags": [], "split": "train"}\n')
+    written(b'{"image": "\xff.jpg", "tags": [], "split": "train"}\n')
     with pytest.raises(TagrankError, match="cannot read the manifest as UTF-8"):
         read_manifest(bad)
+    written(b'{"image": "1.jpg", "tags": ["a"], "split": "train"}\n', 2)
+    with pytest.raises(cache.Unverified, match="holds 1, but its checksum file says 2"):
+        read_manifest(bad)
+    written(b"", 0)
     with pytest.raises(TagrankError, match="no records"):
-        (tmp_path / "empty.jsonl").write_text("")
-        read_manifest(tmp_path / "empty.jsonl")
+        read_manifest(bad)
 
 
 def test_splits_are_deterministic():

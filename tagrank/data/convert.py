@@ -4,6 +4,10 @@
   so the cache key names the data itself), ``data.on_error`` (``raise``: stop at the first bad input with
   ``<file>:<line or id>: ...``; ``skip``: leave the bad record out and count it), and a cache key that
   also covers the size and modification time of the annotation files, so edited data is rebuilt.
+* Every image of the records is decoded once at conversion (``data.check_images``; at 1/8 scale, about
+  1.5 ms of CPU a COCO photo, on several threads): an unreadable one stops the conversion naming the
+  file, or under ``skip`` is left out and counted, instead of stopping feature extraction or training
+  later. It is left out after the split, so the other images keep their splits.
 * Skipped records and images left without any tag are written to ``skipped.json`` beside the manifest;
   ``tagrank-data`` prints them with the statistics.
 * :func:`split_sizes`: ``data.split`` gives exact sizes when they add up to the number of images, and is
@@ -17,11 +21,16 @@ import hashlib
 import json
 import logging
 import math
+import os
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+
+from PIL import Image
 
 from tagrank.data.records import SPLITS, Record, assign_splits
 from tagrank.data.source import Source
@@ -30,6 +39,8 @@ from tagrank.errors import TagrankError
 log = logging.getLogger("tagrank")
 SKIPPED = "skipped.json"
 ON_ERROR = ("raise", "skip")
+# What PIL raises for a file it cannot decode (truncated, not an image, a broken header, a decompression bomb).
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 class Problems:
@@ -71,12 +82,27 @@ def fingerprint(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:8]
 
 
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be decoded as an image, or None. A JPEG is decoded at 1/8 scale (PIL's draft
+    mode): every byte of its compressed data is still read and checked, at 60% of a full decode's cost."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except IMAGE_ERRORS as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 @dataclass
 class RawSource(Source):
     """Base of the converters that read a user's data folder (``data.root``)."""
 
     root: str | None = None
     on_error: str = "raise"
+    check_images: bool = True
+
+    later_settings: ClassVar[dict] = {"check_images": True}  # the records of a good dataset do not change
 
     layout = "the dataset folder"  # what data.root must hold, for error messages
     version = 1  # bump when a converter gives other records for the same data and settings
@@ -115,6 +141,8 @@ class RawSource(Source):
     def build(self, out_dir: Path) -> list[Record]:
         problems = Problems(self.on_error)
         records = self.convert(self.require_root(), problems)
+        if self.check_images:
+            records = self.readable(records, self.image_root(Path(out_dir)), problems)
         (Path(out_dir) / SKIPPED).write_text(json.dumps(problems.summary(), indent=1))
         if problems.no_tags:
             log.warning("%s: %d images have no tag and are left out", self.name, problems.no_tags)
@@ -125,6 +153,20 @@ class RawSource(Source):
 
     def convert(self, root: Path, problems: Problems) -> list[Record]:
         raise NotImplementedError
+
+    @staticmethod
+    def readable(records: list[Record], image_root: Path, problems: Problems) -> list[Record]:
+        """The records whose image decodes; the others go to ``problems`` (decoding releases the GIL: threads)."""
+        paths = [image_root / r.image for r in records]
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            found = list(pool.map(image_problem, paths))
+        kept = []
+        for record, path, problem in zip(records, paths, found):
+            if problem is None:
+                kept.append(record)
+            else:
+                problems("unreadable_image", str(path), f"cannot read the image ({problem})")
+        return kept
 
 
 def split_sizes(n: int, split: Sequence[float]) -> list[int]:

@@ -7,6 +7,7 @@ on whether the backbone is frozen for the whole run or fine-tuned.
 
 from __future__ import annotations
 
+import logging
 import os
 import typing
 from collections.abc import Callable
@@ -18,15 +19,19 @@ import hydra
 
 import torch
 from lightning import LightningDataModule
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
+from tagrank.data import cache
+from tagrank.data.convert import IMAGE_ERRORS
 from tagrank.data.records import MANIFEST, SPLITS, VOCAB, Record, Vocabulary, read_manifest
 from tagrank.data.samplers import EvalSampler, ShuffleSampler, trained_batches
 from tagrank.data.source import Source, ensure_built
 from tagrank.config import describe_type, value_matches
 from tagrank.errors import TagrankError
+
+log = logging.getLogger("tagrank")
 
 
 def image_transform(image_size: int, mean: tuple, std: tuple) -> Callable:
@@ -39,7 +44,7 @@ def load_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
+    except IMAGE_ERRORS as err:
         raise TagrankError(f"{path}: cannot read image ({err})") from err
 
 
@@ -135,11 +140,10 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
         if self.dataset_dir is None:
             self.prepare_data()
         self.records = read_manifest(self.dataset_dir / MANIFEST)
-        vocab_path = self.dataset_dir / VOCAB
-        vocab = Vocabulary.load(vocab_path) if vocab_path.is_file() else None
+        vocab = self._saved_vocabulary(self.dataset_dir / VOCAB)
         if vocab is None or vocab.min_tag_count != self.min_tag_count:
             vocab = Vocabulary.build(self.records, self.min_tag_count)
-            vocab.save(vocab_path)
+            vocab.save(self.dataset_dir / VOCAB)
         if len(vocab) == 0:
             raise TagrankError(f"{self.dataset_dir / MANIFEST}: no tag is seen data.min_tag_count={self.min_tag_count} "
                                "times in the training split; lower data.min_tag_count or add data")
@@ -154,6 +158,17 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
             self.targets[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         root = self.source.image_root(self.dataset_dir)
         self.paths = [root / r.image for r in self.records]
+
+    @staticmethod
+    def _saved_vocabulary(path: Path) -> Vocabulary | None:
+        """The vocabulary saved beside the manifest, or None when there is none or it is damaged."""
+        if not (path.exists() or cache.check_path(path).exists()):
+            return None
+        try:
+            return Vocabulary.load(path)
+        except cache.Unverified as err:
+            log.warning("dataset cache %s; rebuilding the vocabulary from the manifest", err)
+            return None
 
     @property
     def num_tags(self) -> int:

@@ -2,12 +2,14 @@
 
 A frozen backbone gives the same feature for an image every epoch, so on a CPU the sensible unit of
 work is one pass over the images (the "prepare" step), after which training touches only a small
-tensor. The cache file is written to a temporary name and renamed, so a killed run never leaves a
-file that a later run would load as valid; a file that does not match the dataset is rebuilt.
+tensor. The cache file is written to a temporary name and renamed, with a checksum file beside it
+(``tagrank.data.cache``), so neither a killed run nor damage in place leaves a file that a later run
+would load as valid; a file that does not match its checksum or the dataset is recomputed.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -15,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule, RankedTagDataset
-from tagrank.data.records import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +45,22 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
     """Features of every image of the data module, in manifest order, from the cache or computed now."""
     dm.setup()
     path = feature_cache_path(dm.cache_dir, dm.name, backbone_name, weights_digest, image_size)
-    if path.is_file():
+    images = [r.image for r in dm.records]
+    if path.exists() or cache.check_path(path).exists():
         try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            if cached["images"] == [r.image for r in dm.records]:
+            data, rows = cache.read(path)
+            cached = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            if cached["images"] == images:
+                cache.check_count(path, rows, len(cached["features"]))
                 log.info("features: reusing %s", path)
                 return cached["features"]
             log.warning("features: %s was made for other images; recomputing", path)
+        except cache.Unverified as err:
+            log.warning("features: %s; recomputing", err)
         except Exception as err:  # an unreadable cache is rebuilt, never trusted
             log.warning("features: %s is unreadable (%s); recomputing", path, err)
     all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform)
     features = extract(backbone, all_rows, batch_size, num_workers)
-    atomic_write(path, lambda tmp: torch.save({"images": [r.image for r in dm.records], "features": features}, tmp))
+    cache.write(path, lambda tmp: torch.save({"images": images, "features": features}, tmp), count=len(features), unit="rows")
     log.info("features: cached %s %s", tuple(features.shape), path)
     return features

@@ -9,14 +9,14 @@ vocabulary, the DataModule, the metrics) is shared.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tagrank.data import cache
+from tagrank.data.cache import atomic_write, atomic_write_text  # noqa: F401 (their home before cache.py)
 from tagrank.errors import TagrankError
 
 SPLITS = ("train", "val", "test")
@@ -41,43 +41,23 @@ class Record:
             raise TagrankError(f"record for {self.image!r}: split {self.split!r} is not one of {SPLITS}")
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Let ``write`` fill a temporary file beside ``path``, then rename it into place: a reader (or a
-    run started after a kill) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    atomic_write(path, write)
-
-
 def write_manifest(records: Sequence[Record], path: Path) -> None:
-    atomic_write_text(Path(path), "".join(json.dumps(asdict(r)) + "\n" for r in records))
+    """Write the manifest and its checksum file (``tagrank.data.cache``): a manifest is read only whole."""
+    text = "".join(json.dumps(asdict(r)) + "\n" for r in records)
+    cache.write_text(Path(path), text, count=len(records))
 
 
 def read_manifest(path: Path) -> list[Record]:
-    """Read and check a manifest; every problem names the file and line."""
+    """Read and check a manifest: :class:`~tagrank.data.cache.Unverified` when it is not the manifest that
+    was written (cut short, changed, no checksum file), else every problem names the file and line."""
     path = Path(path)
     if not path.is_file():
         raise TagrankError(f"{path}: manifest not found")
     records = []
+    data, count = cache.read(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
         raise TagrankError(f"{path}: cannot read the manifest as UTF-8 text ({err})") from err
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
@@ -94,6 +74,7 @@ def read_manifest(path: Path) -> list[Record]:
         records.append(record)
     if not records:
         raise TagrankError(f"{path}: the manifest holds no records")
+    cache.check_count(path, count, len(records))
     return records
 
 
@@ -138,16 +119,20 @@ class Vocabulary:
         return [self.tags[i] for i in ids if 0 <= i < len(self.tags)]
 
     def save(self, path: Path) -> None:
-        data = {"min_tag_count": self.min_tag_count, "tags": self.tags, "counts": self.counts}
-        atomic_write_text(Path(path), json.dumps(data, indent=1))
+        text = json.dumps({"min_tag_count": self.min_tag_count, "tags": self.tags, "counts": self.counts}, indent=1)
+        cache.write_text(Path(path), text, count=len(self.tags), unit="tags")
 
     @classmethod
     def load(cls, path: Path) -> Vocabulary:
+        """The vocabulary saved at ``path``; :class:`~tagrank.data.cache.Unverified` if it is not the one saved."""
+        data, count = cache.read(Path(path))
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(tags=list(data["tags"]), counts=dict(data["counts"]), min_tag_count=int(data["min_tag_count"]))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raw = json.loads(data.decode("utf-8"))
+            vocab = cls(tags=list(raw["tags"]), counts=dict(raw["counts"]), min_tag_count=int(raw["min_tag_count"]))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise TagrankError(f"{path}: not a tagrank vocabulary (expected keys tags, counts, min_tag_count): {err}") from err
+        cache.check_count(Path(path), count, len(vocab))
+        return vocab
 
 
 def dataset_stats(records: Sequence[Record], vocab: Vocabulary) -> dict:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from tagrank.data import cache
 from tagrank.data.records import MANIFEST, Record, write_manifest
 from tagrank.errors import TagrankError
+
+log = logging.getLogger("tagrank")
 
 
 @dataclass
@@ -43,12 +47,30 @@ class Source:
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+def verified(dataset_dir: Path) -> bool:
+    """Whether ``dataset_dir`` holds a manifest that matches its checksum file (see ``tagrank.data.cache``)."""
+    try:
+        cache.verify(dataset_dir / MANIFEST)
+        return True
+    except cache.Unverified:
+        return False
+
+
 def ensure_built(source: Source, cache_dir: Path) -> Path:
-    """The dataset folder of ``source`` under ``cache_dir``, building it first if it is not there."""
+    """The dataset folder of ``source`` under ``cache_dir``, building it first if it is not there.
+
+    A folder whose manifest does not match its checksum (cut short, overwritten, from before checksums were
+    kept) is rebuilt from the source, with one warning: training on part of a dataset must never be silent.
+    """
     cache_dir = Path(cache_dir).expanduser()
     target = cache_dir / source.cache_key()
-    if (target / MANIFEST).is_file():
-        return target
+    if target.exists():
+        try:
+            cache.verify(target / MANIFEST)
+            return target
+        except cache.Unverified as err:
+            if (target / MANIFEST).exists() or cache.check_path(target / MANIFEST).exists():
+                log.warning("dataset cache %s; rebuilding the dataset from its source", err)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".partial"))
     try:
@@ -57,17 +79,17 @@ def ensure_built(source: Source, cache_dir: Path) -> Path:
             raise TagrankError(f"data source {source.name!r} produced no records (check data.root and its contents)")
         write_manifest(records, tmp / MANIFEST)
         (tmp / "source.json").write_text(json.dumps({"source": type(source).__name__, **asdict(source)}, indent=1, default=str))
-        if (target / MANIFEST).is_file():
+        if verified(target):
             return target  # another process (a SLURM array, parallel trials) finished the same build first
-        if target.exists():  # a half-built folder from an older version: never reuse it
-            shutil.rmtree(target)
+        if target.exists():  # damaged, or half-built by an older version: set aside, never reused
+            target.rename(tmp.with_suffix(".old"))
         try:
             tmp.rename(target)
         except OSError:  # lost the race to another process's rename: use its (identical) folder
-            if not (target / MANIFEST).is_file():
+            if not verified(target):
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, tmp.with_suffix(".old")):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
     return target
-
