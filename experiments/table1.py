@@ -11,7 +11,7 @@
    their staged fine-tuning schedule (``finetune``, below), as in the paper: the SVMs are trained on
    the frozen CNN's features, the RNNs fine-tune it. Any other ``key=value`` argument
    (``trainer.max_epochs=5``, ``data.root=...``) is passed to every run.
-2. Aggregates the run directories (``tagrank.aggregate``) into ``<results>/<data>/``: ``table1.md``,
+2. Aggregates the run directories (``tagrank.report``) into ``<results>/<data>/``: ``table1.md``,
    ``table1.csv``, ``curves.csv``, ``fig3.png`` (NDCG@k and P@k against k) and ``fig4.png`` (test
    images with the ground truth, the LSTM's and the SVM's lists), and logs them to an "aggregate" run of
    the chosen logger (wandb: offline unless WANDB_MODE=online).
@@ -109,18 +109,19 @@ def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) ->
 
 
 def report(sweep_dir: Path, out_dir: Path, logger: str) -> str:
-    from tagrank import aggregate  # imports torch: after the arguments are checked
+    # tagrank.report imports torch: after the arguments are checked
+    from tagrank.report import figures, loggers, runs, stats, tables
 
-    runs = aggregate.load_runs(sweep_dir)
-    data = runs[0].data
-    rows = aggregate.summarise(runs)
-    md = aggregate.write_table(rows, out_dir, data)
-    figures = {"fig3": aggregate.plot_curves(rows, out_dir / "fig3.png", data)}
-    examples = aggregate.pick_examples(runs, aggregate.image_files(runs[0]))
+    found = runs.load_runs(sweep_dir)
+    data = found[0].data
+    rows = stats.summarise(found)
+    md = tables.write_table(rows, out_dir, data)
+    written = {"fig3": figures.plot_curves(rows, out_dir / "fig3.png", data)}
+    examples = figures.pick_examples(found, runs.image_files(found[0]))
     if examples:
-        figures["fig4"] = aggregate.plot_examples(examples, out_dir / "fig4.png",
-                                                  title=f"{data}: ground truth and predicted lists (green: in the ground truth)")
-    aggregate.log_aggregate(logger, out_dir, rows, data, figures, md, group=wandb_group(data, sweep_dir))
+        written["fig4"] = figures.plot_examples(examples, out_dir / "fig4.png",
+                                                title=f"{data}: ground truth and predicted lists (green: in the ground truth)")
+    loggers.log_aggregate(logger, out_dir, rows, data, written, md, group=wandb_group(data, sweep_dir))
     return md
 
 
@@ -135,9 +136,9 @@ def main(argv: list[str]) -> int:
             default = Path(os.environ.get("TAGRANK_LOGS", "logs")) / "table1" / settings["data"] / stamp
             sweep_dir = Path(settings["sweep_dir"] or default).resolve()
             launch(settings, passthrough, sweep_dir)
-        from tagrank import aggregate
+        from tagrank.report.runs import load_runs
 
-        data = aggregate.load_runs(sweep_dir)[0].data
+        data = load_runs(sweep_dir)[0].data
         out_dir = Path(settings["results"]) / data
         md = report(sweep_dir, out_dir, settings["logger"])
     except TagrankError as err:

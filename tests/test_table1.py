@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tagrank import aggregate
+from tagrank.report import figures, loggers, runs, stats, tables
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics
 
@@ -62,10 +62,10 @@ def known_sweep(tmp_path: Path, data: str = "pascal07") -> Path:
 
 
 def test_known_runs_give_the_expected_table(tmp_path):
-    runs = aggregate.load_runs(known_sweep(tmp_path))
-    assert len(runs) == 6 and {r.method for r in runs} == set(KNOWN)
-    rows = {r.method: r for r in aggregate.summarise(runs)}
-    assert [r.method for r in aggregate.summarise(runs)] == ["frequency", "svm", "lstm"]  # the paper's order
+    found = runs.load_runs(known_sweep(tmp_path))
+    assert len(found) == 6 and {r.method for r in found} == set(KNOWN)
+    rows = {r.method: r for r in stats.summarise(found)}
+    assert [r.method for r in stats.summarise(found)] == ["frequency", "svm", "lstm"]  # the paper's order
 
     lstm, svm, freq = rows["lstm"], rows["svm"], rows["frequency"]
     assert lstm.seeds == [0, 1] and lstm.n_images == 4
@@ -74,7 +74,7 @@ def test_known_runs_give_the_expected_table(tmp_path):
     assert lstm.ndcg_at == pytest.approx([0.625] * 10) and lstm.p_at_std == pytest.approx([0.1767767] * 10)
     lo, hi = lstm.ndcg_ci
     assert 0.0 <= lo < 0.625 < hi <= 1.0
-    assert (lo, hi) == aggregate.bootstrap_ci(np.array([1.0, 1.0, 0.5, 0.0]))  # per image, averaged over seeds
+    assert (lo, hi) == stats.bootstrap_ci(np.array([1.0, 1.0, 0.5, 0.0]))  # per image, averaged over seeds
     assert svm.ndcg == pytest.approx(0.5) and svm.ndcg_std == 0.0
     assert svm.ndcg_ci == pytest.approx((0.5, 0.5))  # every image scores 0.5: no spread to resample
     assert svm.delta == pytest.approx(-0.125)  # per image 0.5 - (1, 1, .5, 0)
@@ -83,7 +83,7 @@ def test_known_runs_give_the_expected_table(tmp_path):
     assert svm.paper == (0.6698, 0.4631) and lstm.paper == (0.7061, 0.5081) and freq.paper is None
 
     out = tmp_path / "results"
-    md = aggregate.write_table(list(rows.values()), out, "pascal07")
+    md = tables.write_table(list(rows.values()), out, "pascal07")
     assert (out / "table1.md").read_text() == md
     line = next(x for x in md.splitlines() if x.startswith("| Ours (LSTM) |"))
     assert line.startswith("| Ours (LSTM) | 0.6250 ± 0.1768 | [") and line.endswith("| – | 0.7061 | 0.5081 |")
@@ -96,8 +96,8 @@ def test_known_runs_give_the_expected_table(tmp_path):
 
 
 def test_no_paper_columns_for_a_dataset_the_paper_did_not_use(tmp_path):
-    rows = aggregate.summarise(aggregate.load_runs(known_sweep(tmp_path, data="synthetic")))
-    md = aggregate.table_markdown(rows, "synthetic")
+    rows = stats.summarise(runs.load_runs(known_sweep(tmp_path, data="synthetic")))
+    md = tables.table_markdown(rows, "synthetic")
     assert "paper" not in md and all(r.paper is None for r in rows)
 
 
@@ -108,45 +108,45 @@ def test_a_run_whose_metrics_disagree_with_its_predictions_is_refused(tmp_path):
     summary["metrics"]["ndcg_mean"] += 0.1
     path.write_text(json.dumps(summary))
     with pytest.raises(TagrankError, match="predictions.jsonl gives NDCG 0.7500 but metrics.json says 0.8500"):
-        aggregate.summarise(aggregate.load_runs(sweep))
+        stats.summarise(runs.load_runs(sweep))
 
 
 def test_a_failed_run_is_named(tmp_path):
     sweep = known_sweep(tmp_path)
     (sweep / "frozen/1/metrics.json").unlink()
     with pytest.raises(TagrankError, match="frozen/1: no metrics.json"):
-        aggregate.load_runs(sweep)
+        runs.load_runs(sweep)
 
 
 def test_bootstrap_ci_matches_the_normal_approximation():
     values = np.random.default_rng(1).normal(0.5, 0.2, size=2000)
-    lo, hi = aggregate.bootstrap_ci(values)
+    lo, hi = stats.bootstrap_ci(values)
     half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
     assert lo == pytest.approx(values.mean() - half, abs=0.15 * half)
     assert hi == pytest.approx(values.mean() + half, abs=0.15 * half)
 
 
 def test_figures_and_the_wandb_table(tmp_path, monkeypatch):
-    runs = aggregate.load_runs(known_sweep(tmp_path))
-    rows = aggregate.summarise(runs)
+    found = runs.load_runs(known_sweep(tmp_path))
+    rows = stats.summarise(found)
     for i, name in enumerate(IMAGES):  # stand-in image files
         Image.new("RGB", (32, 32), (40 * i, 100, 200)).save(tmp_path / name)
-    examples = aggregate.pick_examples(runs, {img: tmp_path / img for img in IMAGES}, n=3)
+    examples = figures.pick_examples(found, {img: tmp_path / img for img in IMAGES}, n=3)
     assert len(examples) == 3 and set(examples[0].lists) == {"Ours (LSTM)", "SVM"}
-    fig3 = aggregate.plot_curves(rows, tmp_path / "fig3.png", "pascal07")
-    fig4 = aggregate.plot_examples(examples, tmp_path / "fig4.png")
+    fig3 = figures.plot_curves(rows, tmp_path / "fig3.png", "pascal07")
+    fig4 = figures.plot_examples(examples, tmp_path / "fig4.png")
     for fig in (fig3, fig4):
         with Image.open(fig) as im:
             assert im.size[0] > 400 and im.size[1] > 200
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    aggregate.log_aggregate("wandb", tmp_path, rows, "pascal07", {"fig3": fig3, "fig4": fig4}, "md")
+    loggers.log_aggregate("wandb", tmp_path, rows, "pascal07", {"fig3": fig3, "fig4": fig4}, "md")
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
     table = json.loads(next(run_dir.glob("files/media/table/table1_*.table.json")).read_text())
-    assert table["columns"] == aggregate.CSV_COLUMNS
+    assert table["columns"] == tables.CSV_COLUMNS
     assert [r[0] for r in table["data"]] == ["frequency", "svm", "lstm"] and table["data"][2][4] == 0.625
     assert len(list(run_dir.glob("files/media/images/*.png"))) == 2
-    aggregate.log_aggregate("tensorboard", tmp_path, rows, "pascal07", {"fig3": fig3}, "md")
+    loggers.log_aggregate("tensorboard", tmp_path, rows, "pascal07", {"fig3": fig3}, "md")
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 

@@ -1,0 +1,54 @@
+"""Table 1, its curves and figures as one small "aggregate" run of the logger the trial runs used, so
+they sit beside those runs in W&B or TensorBoard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tagrank.errors import TagrankError
+from tagrank.report.stats import Row
+from tagrank.report.tables import CSV_COLUMNS, CURVE_COLUMNS, curve_rows, table_rows
+
+
+def log_aggregate(logger: str, out_dir: Path, rows: list[Row], data: str, figures: dict[str, Path],
+                  markdown: str, group: str | None = None) -> None:
+    """Log Table 1, the curves and the figures to a small "aggregate" run of ``logger``.
+
+    ``wandb``: a run (offline unless ``WANDB_MODE=online``) in ``out_dir/wandb`` with a wandb Table of
+    Table 1, one of the curves, and the figures as images, in W&B group ``group`` (the one the trial
+    runs were given, so they sit together). ``tensorboard``: the markdown table as text,
+    the curves as scalars against k, the figures as images in ``out_dir/tensorboard``. ``csv``: the
+    files already written are the record; nothing more.
+    """
+    if logger == "wandb":
+        import wandb
+
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tagrank"), name=f"table1-{data}",
+                         job_type="aggregate", group=group or f"table1-{data}", dir=str(out_dir),
+                         mode=os.environ.get("WANDB_MODE", "offline"), config={"data": data})
+        try:
+            run.log({"table1": wandb.Table(columns=CSV_COLUMNS, data=table_rows(rows)),
+                     "curves": wandb.Table(columns=CURVE_COLUMNS, data=curve_rows(rows)),
+                     **{name: wandb.Image(str(path)) for name, path in figures.items()}})
+            for r in rows:
+                run.summary[f"{r.method}/ndcg_mean"] = r.ndcg
+                run.summary[f"{r.method}/p_mean"] = r.p
+        finally:
+            wandb.finish()
+    elif logger == "tensorboard":
+        from matplotlib.image import imread
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+        try:
+            writer.add_text("table1", markdown)
+            for method, k, ndcg, _, p, _ in curve_rows(rows):
+                writer.add_scalar(f"{method}/ndcg@k", ndcg, k)
+                writer.add_scalar(f"{method}/p@k", p, k)
+            for name, path in figures.items():
+                writer.add_image(name, imread(str(path))[..., :3], dataformats="HWC")
+        finally:
+            writer.close()
+    elif logger not in ("csv", "none"):
+        raise TagrankError(f"logger={logger!r}: the aggregate run supports csv, tensorboard and wandb")

@@ -1,0 +1,78 @@
+"""Reading finished runs: what ``tagrank-train`` (or ``tagrank-eval``) left in a run directory.
+
+A training run directory holds ``.hydra/config.yaml`` (seed, model settings), ``.hydra/hydra.yaml``
+(which ``model=`` and ``data=`` options were chosen), ``metrics.json`` (NDCG@k, P@k of the test split)
+and ``predictions.jsonl`` (per test image, the ground truth and the predicted list, as tag names).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from tagrank.errors import TagrankError
+
+
+@dataclass
+class Run:
+    """One finished run: one method, one seed, its test metrics and predicted lists."""
+
+    method: str
+    seed: int
+    data: str
+    metrics: dict[str, float]
+    predictions: list[dict[str, Any]]
+    path: Path | None = None
+    top_k: int = 10
+    relevance: str = "linear"
+
+
+def read_results(run_dir: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """``metrics.json``'s metrics and ``predictions.jsonl``'s records."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    with open(run_dir / "predictions.jsonl") as f:
+        predictions = [json.loads(line) for line in f if line.strip()]
+    return metrics, predictions
+
+
+def load_run(run_dir: Path) -> Run:
+    run_dir = Path(run_dir)
+    for name in ("metrics.json", "predictions.jsonl", ".hydra/config.yaml", ".hydra/hydra.yaml"):
+        if not (run_dir / name).is_file():
+            raise TagrankError(f"{run_dir}: no {name} (did this run fail or stop before testing?)")
+    cfg = OmegaConf.load(run_dir / ".hydra/config.yaml")
+    choices = OmegaConf.load(run_dir / ".hydra/hydra.yaml").hydra.runtime.choices
+    metrics, predictions = read_results(run_dir)
+    return Run(method=str(choices.model), seed=int(cfg.seed), data=str(choices.data), metrics=metrics,
+               predictions=predictions, path=run_dir, top_k=int(cfg.model.get("top_k", 10)),
+               relevance=str(cfg.model.get("relevance", "linear")))
+
+
+def load_runs(sweep_dir: Path) -> list[Run]:
+    """Every run under a sweep directory: a multirun's numbered job folders, also one level down
+    (experiments/table1.py writes ``<sweep>/frozen/N`` and ``<sweep>/finetuned/N``)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise TagrankError(f"{sweep_dir}: not a directory (expected a finished sweep directory)")
+    jobs = sorted({p.parent for pattern in ("*/.hydra", "*/*/.hydra") for p in sweep_dir.glob(pattern) if p.is_dir()})
+    if not jobs:
+        raise TagrankError(f"{sweep_dir}: no run directories (with .hydra/) found")
+    return [load_run(p) for p in jobs]
+
+
+def image_paths(dm: Any) -> dict[str, Path]:
+    """Record image -> file, from a set-up :class:`~tagrank.data.datamodule.RankedTagDataModule`."""
+    return {rec.image: Path(path) for rec, path in zip(dm.records, dm.paths)}
+
+
+def image_files(run: Run) -> dict[str, Path]:
+    """Record image -> file for a run's dataset: the run's own config rebuilds its data module."""
+    from tagrank.pipeline import build_data
+
+    cfg = OmegaConf.load(run.path / ".hydra/config.yaml")
+    cfg.paths.output_dir = str(run.path)  # the saved value refers to Hydra's runtime, absent here
+    return image_paths(build_data(cfg))

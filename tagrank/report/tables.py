@@ -1,0 +1,86 @@
+"""Table 1 as files: ``table1.md`` for people, ``table1.csv`` and ``curves.csv`` for programs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from tagrank.report.methods import REFERENCE, label
+from tagrank.report.stats import Row
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± {std:.4f}" if not math.isnan(std) else f"{mean:.4f}"
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "–"
+
+
+def table_markdown(rows: list[Row], data: str, reference: str = REFERENCE) -> str:
+    seeds = sorted({len(r.seeds) for r in rows})
+    n_images = rows[0].n_images
+    has_paper = any(r.paper for r in rows)
+    head = ["Method", "NDCG", "NDCG 95% CI", "P", "P 95% CI", f"NDCG − {label(reference)} [95% CI]"]
+    if has_paper:
+        head += ["paper NDCG", "paper P"]
+    lines = [f"# Table 1 on `{data}`", "",
+             f"Mean over k = 1..{len(rows[0].ndcg_at)} of NDCG@k and P@k on the test split ({n_images} images): "
+             f"mean ± std over {'/'.join(map(str, seeds))} seeds; 95% CI: bootstrap over test images of the "
+             "seed-averaged per-image score (2000 resamples); the difference column is paired, image by image.",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        delta = "–" if r.delta is None else f"{r.delta:+.4f} {_ci(r.delta_ci)}"
+        cells = [r.label, _pm(r.ndcg, r.ndcg_std), _ci(r.ndcg_ci), _pm(r.p, r.p_std), _ci(r.p_ci), delta]
+        if has_paper:
+            cells += [f"{r.paper[0]:.4f}", f"{r.paper[1]:.4f}"] if r.paper else ["–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = ["method", "label", "seeds", "n_images", "ndcg_mean", "ndcg_std", "ndcg_ci_low", "ndcg_ci_high",
+               "p_mean", "p_std", "p_ci_low", "p_ci_high", "delta_ndcg", "delta_ci_low", "delta_ci_high",
+               "paper_ndcg", "paper_p"]
+CURVE_COLUMNS = ["method", "k", "ndcg", "ndcg_std", "p", "p_std"]
+
+
+def table_rows(rows: list[Row]) -> list[list[Any]]:
+    """Table 1 as plain rows in :data:`CSV_COLUMNS` order (also what the wandb Table gets)."""
+    def num(x: float | None) -> float | None:
+        return None if x is None or math.isnan(x) else round(float(x), 6)
+
+    out = []
+    for r in rows:
+        d_lo, d_hi = r.delta_ci or (None, None)
+        out.append([r.method, r.label, len(r.seeds), r.n_images, num(r.ndcg), num(r.ndcg_std), num(r.ndcg_ci[0]),
+                    num(r.ndcg_ci[1]), num(r.p), num(r.p_std), num(r.p_ci[0]), num(r.p_ci[1]), num(r.delta),
+                    num(d_lo), num(d_hi), r.paper[0] if r.paper else None, r.paper[1] if r.paper else None])
+    return out
+
+
+def curve_rows(rows: list[Row]) -> list[list[Any]]:
+    """Fig. 3's numbers in :data:`CURVE_COLUMNS` order: (method, k, NDCG@k mean, std, P@k mean, std)."""
+    return [[r.method, k, r.ndcg_at[k - 1], r.ndcg_at_std[k - 1], r.p_at[k - 1], r.p_at_std[k - 1]]
+            for r in rows for k in range(1, len(r.ndcg_at) + 1)]
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in row] for row in rows])
+    path.write_text(buf.getvalue())
+
+
+def write_table(rows: list[Row], out_dir: Path, data: str) -> str:
+    """``table1.md``, ``table1.csv`` and ``curves.csv`` in ``out_dir``; returns the markdown."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = table_markdown(rows, data)
+    (out_dir / "table1.md").write_text(md)
+    _write_csv(out_dir / "table1.csv", CSV_COLUMNS, table_rows(rows))
+    _write_csv(out_dir / "curves.csv", CURVE_COLUMNS, curve_rows(rows))
+    return md
