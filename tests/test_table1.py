@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +76,10 @@ def test_known_runs_give_the_expected_table(tmp_path):
     assert lstm.ndcg_at == pytest.approx([0.625] * 10) and lstm.p_at_std == pytest.approx([0.1767767] * 10)
     lo, hi = lstm.ndcg_ci
     assert 0.0 <= lo < 0.625 < hi <= 1.0
-    assert (lo, hi) == stats.bootstrap_ci(np.array([1.0, 1.0, 0.5, 0.0]))  # per image, averaged over seeds
     assert svm.ndcg == pytest.approx(0.5) and svm.ndcg_std == 0.0
-    assert svm.ndcg_ci == pytest.approx((0.5, 0.5))  # every image scores 0.5: no spread to resample
+    # Every image scores 0.5 averaged over the two seeds, but each seed alone is 1 on half the images and
+    # 0 on the others: a replicate that draws one seed twice sees that spread.
+    assert svm.ndcg_ci[0] < 0.5 < svm.ndcg_ci[1]
     assert svm.delta == pytest.approx(-0.125)  # per image 0.5 - (1, 1, .5, 0)
     assert freq.ndcg == 0.0 and freq.ndcg_ci == (0.0, 0.0) and freq.delta == pytest.approx(-0.625)
     assert lstm.delta is None
@@ -87,7 +90,9 @@ def test_known_runs_give_the_expected_table(tmp_path):
     assert (out / "table1.md").read_text() == md
     line = next(x for x in md.splitlines() if x.startswith("| Ours (LSTM) |"))
     assert line.startswith("| Ours (LSTM) | 0.6250 ± 0.1768 | [") and line.endswith("| – | 0.7061 | 0.5081 |")
-    assert "| SVM | 0.5000 ± 0.0000 | [0.5000, 0.5000] | 0.5000 ± 0.0000 | [0.5000, 0.5000] | -0.1250 [" in md
+    assert "| SVM | 0.5000 ± 0.0000 | [" in md and "| -0.1250 [" in md
+    assert "each replicate resamples the test images with replacement and, for each method independently, its seeds" in md
+    assert "one seed" not in md
     table = {r["method"]: r for r in csv.DictReader((out / "table1.csv").open())}
     assert float(table["lstm"]["ndcg_mean"]) == 0.625 and float(table["svm"]["delta_ndcg"]) == -0.125
     assert table["svm"]["paper_ndcg"] == "0.6698" and table["frequency"]["paper_ndcg"] == ""
@@ -118,12 +123,69 @@ def test_a_failed_run_is_named(tmp_path):
         runs.load_runs(sweep)
 
 
-def test_bootstrap_ci_matches_the_normal_approximation():
-    values = np.random.default_rng(1).normal(0.5, 0.2, size=2000)
-    lo, hi = stats.bootstrap_ci(values)
-    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
-    assert lo == pytest.approx(values.mean() - half, abs=0.15 * half)
-    assert hi == pytest.approx(values.mean() + half, abs=0.15 * half)
+def test_one_seed_a_method_is_said_in_the_header(tmp_path):
+    sweep = known_sweep(tmp_path)
+    for job in ("frozen/1", "frozen/3"):  # the svm's and the prior's seed 1
+        shutil.rmtree(sweep / job)
+    md = tables.table_markdown(stats.summarise(runs.load_runs(sweep)), "pascal07")
+    assert "Frequency prior, SVM: one seed, so their intervals are the bootstrap over test images alone." in md
+    shutil.rmtree(sweep / "finetuned/1")
+    md = tables.table_markdown(stats.summarise(runs.load_runs(sweep)), "pascal07")
+    assert "Every method has one seed here, so the intervals are the bootstrap over test images alone" in md
+
+
+# -- the two-level bootstrap ------------------------------------------------------------------------
+def image_bootstrap(values: np.ndarray, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """The plain bootstrap over images of the mean of ``values``, written out as the textbook does."""
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
+    return values[idx].mean(axis=1)
+
+
+def test_one_seed_is_the_image_bootstrap():
+    values = np.random.default_rng(1).random((1, 700, 2))
+    reps = stats.seed_image_bootstrap({"m": values})["m"]
+    assert reps.shape == (2000, 2)
+    np.testing.assert_allclose(reps[:, 0], image_bootstrap(values[0, :, 0]), rtol=1e-12)
+    np.testing.assert_allclose(reps[:, 1], image_bootstrap(values[0, :, 1]), rtol=1e-12)
+
+
+def test_seeds_that_disagree_widen_the_interval_to_the_normal_approximation():
+    rng = np.random.default_rng(2)
+    image = rng.normal(0.5, 0.2, size=1000)  # how hard each image is
+    offsets = np.array([-0.1, -0.05, 0.0, 0.05, 0.1])  # how good each seed's run is
+    values = (image[None, :] + offsets[:, None])[..., None]  # [5 seeds, 1000 images, 1]
+    lo, hi = stats.percentile_ci(stats.seed_image_bootstrap({"m": values})["m"][:, 0])
+    plain = stats.percentile_ci(image_bootstrap(values.mean(axis=0)[:, 0]))
+    assert hi - lo > 4 * (plain[1] - plain[0])
+    # The bootstrap's variance of a mean of n draws is the plug-in variance (ddof=0) over n, per level.
+    sd = np.sqrt(offsets.var() / len(offsets) + image.var() / len(image))
+    assert lo == pytest.approx(values.mean() - 1.96 * sd, abs=0.15 * 1.96 * sd)
+    assert hi == pytest.approx(values.mean() + 1.96 * sd, abs=0.15 * 1.96 * sd)
+
+
+def test_the_difference_is_paired_by_image_and_resamples_each_methods_seeds():
+    rng = np.random.default_rng(3)
+    a = np.repeat(rng.random((1, 500, 1)), 3, axis=0)  # three seeds that agree exactly
+    reps = stats.seed_image_bootstrap({"a": a, "b": a + 0.01, "c": a + np.array([-0.05, 0.0, 0.05])[:, None, None]})
+    assert stats.percentile_ci(reps["a"][:, 0])[1] - stats.percentile_ci(reps["a"][:, 0])[0] > 0.03
+    # b is a shifted by 0.01 on every image: paired, the images' spread cancels and nothing else varies.
+    assert stats.percentile_ci(reps["b"][:, 0] - reps["a"][:, 0]) == pytest.approx((0.01, 0.01))
+    # c's three seeds disagree by -0.05, 0, +0.05: only their spread is left in the difference, the mean of
+    # three seeds drawn with replacement, which is -0.05 (or +0.05) in 1/27 = 3.7% of the replicates.
+    assert stats.percentile_ci(reps["c"][:, 0] - reps["a"][:, 0]) == pytest.approx((-0.05, 0.05))
+
+
+def test_the_bootstrap_is_deterministic_and_fast():
+    rng = np.random.default_rng(4)
+    values = {f"m{i}": rng.random((5, 1000, 2)) for i in range(5)}  # 5 methods x 5 seeds x 1000 images
+    start = time.perf_counter()
+    first = stats.seed_image_bootstrap(values, n_boot=2000, seed=7)
+    elapsed = time.perf_counter() - start
+    again = stats.seed_image_bootstrap(values, n_boot=2000, seed=7)
+    other = stats.seed_image_bootstrap(values, n_boot=2000, seed=8)
+    assert all(np.array_equal(first[m], again[m]) for m in values)
+    assert not np.array_equal(first["m0"], other["m0"])
+    assert elapsed < 20, f"{elapsed:.1f} s: the bootstrap must be vectorised (about 0.3 s on 2 cores)"
 
 
 def test_figures_and_the_wandb_table(tmp_path, monkeypatch):

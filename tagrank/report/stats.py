@@ -1,9 +1,12 @@
 """Table 1's numbers: per-image scores of every run, and per method the means, spreads and intervals.
 
-:func:`summarise` gives per method the mean over k = 1..K of NDCG@k and P@k, as mean +- std over seeds
-(sample std) and a 95% bootstrap confidence interval over test images (each image's score averaged
-over seeds, images resampled with replacement), and the paired bootstrap interval of each method's
-NDCG minus the reference method's (the LSTM): the question "is it really better here?".
+:func:`image_scores` scores every run image by image (the mean over k = 1..K of NDCG@k and P@k); the
+table's intervals (:func:`summarise`) and ``report.html``'s per-photo numbers both come from it.
+:func:`summarise` gives per method the mean +- std over seeds (sample std) and a 95% interval from a
+two-level bootstrap (:func:`seed_image_bootstrap`) that resamples the test images and the seeds
+together, so that an interval carries the seed-to-seed variance as well as the images'; and the
+paired interval of each method's NDCG minus the reference method's (the LSTM): the question "is it
+really better here, whatever the seed?".
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from tagrank.errors import TagrankError
 from tagrank.metrics import ndcg_at_k, precision_at_k
 from tagrank.report.methods import PAPER, REFERENCE, label, row_order
 from tagrank.report.runs import Run
+
+N_BOOT = 2000  # bootstrap replicates
+LEVEL = 0.95
 
 
 @dataclass
@@ -40,6 +46,7 @@ class Row:
     ndcg_at_std: list[float] = field(default_factory=list)
     p_at: list[float] = field(default_factory=list)
     p_at_std: list[float] = field(default_factory=list)
+    n_boot: int = N_BOOT  # the intervals' bootstrap replicates
 
 
 def per_image_scores(run: Run) -> dict[str, tuple[float, float]]:
@@ -55,35 +62,24 @@ def per_image_scores(run: Run) -> dict[str, tuple[float, float]]:
     return out
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2
-    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
+@dataclass
+class Scores:
+    """Every run's per-image scores, on the test images all runs share (empty ground truths left out)."""
+
+    images: list[str]
+    runs: dict[str, list[Run]]  # method -> its runs, lowest seed first; methods in Table 1's order
+    values: dict[str, np.ndarray]  # method -> [n_seeds, n_images, 2]: (NDCG, P), each the mean over k
 
 
-def _std(values: list[float]) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-
-
-def summarise(runs: list[Run], reference: str = REFERENCE, n_boot: int = 2000, seed: int = 0) -> list[Row]:
-    """One :class:`Row` per method, in the paper's order (methods it does not know come after)."""
+def image_scores(runs: list[Run]) -> Scores:
+    """Score every run image by image; each run's scores must reproduce its own ``metrics.json``."""
     if not runs:
         raise TagrankError("no runs to summarise")
-    data = {r.data for r in runs}
-    if len(data) > 1:
-        raise TagrankError(f"the runs are on different datasets {sorted(data)}; summarise one dataset at a time")
-    paper = PAPER.get(data.pop(), {})
     by_method: dict[str, list[Run]] = {}
-    for r in sorted(runs, key=lambda r: r.seed):
+    for r in sorted(runs, key=lambda r: (row_order(r.method), r.seed)):
         by_method.setdefault(r.method, []).append(r)
     scores = {m: [per_image_scores(r) for r in rs] for m, rs in by_method.items()}
-    for m, rs in by_method.items():  # the recomputed per-image scores must reproduce each run's metrics
+    for m, rs in by_method.items():
         for r, s in zip(rs, scores[m]):
             mean = float(np.mean([v[0] for v in s.values()])) if s else math.nan
             if abs(mean - float(r.metrics["ndcg_mean"])) > 1e-3:
@@ -92,30 +88,81 @@ def summarise(runs: list[Run], reference: str = REFERENCE, n_boot: int = 2000, s
     images = sorted(set.intersection(*(set(s) for ss in scores.values() for s in ss)))
     if not images:
         raise TagrankError("the runs share no test image")
+    values = {m: np.array([[s[img] for img in images] for s in ss], dtype=np.float64) for m, ss in scores.items()}
+    return Scores(images=images, runs=by_method, values=values)
 
-    def seed_mean(m: str, which: int) -> np.ndarray:  # [n_images]: each image's score averaged over seeds
-        return np.mean([[s[img][which] for img in images] for s in scores[m]], axis=0)
 
-    ref_ndcg = seed_mean(reference, 0) if reference in scores else None
+def seed_image_bootstrap(values: dict[str, np.ndarray], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, np.ndarray]:
+    """Two-level bootstrap replicates of each method's mean score.
+
+    ``values[m]`` is ``[n_seeds_m, n_images, ...]``: each seed's run scored image by image, the same
+    images in the same order for every method. In each replicate the images are resampled with
+    replacement, one draw for all methods (so a difference between two methods is paired image by
+    image), and each method's seeds are resampled with replacement, independently per method; the
+    replicate's statistic is the mean over the resampled seeds' runs of the mean over the resampled
+    images. Returns ``m -> [n_boot, ...]``.
+
+    The image draw is that of the plain image bootstrap, ``default_rng(seed).integers(0, n_images,
+    (n_boot, n_images))``, so with one seed the replicates are exactly the plain bootstrap's of the
+    per-image scores. Both means are weighted sums: with the replicates' image counts ``C`` and seed
+    counts ``W`` the statistic is ``W S C^T / (n_seeds n_images)``, a few matrix products per chunk of
+    replicates instead of a loop over them.
+    """
+    n_images = {v.shape[1] for v in values.values()}
+    if len(n_images) != 1:
+        raise TagrankError(f"the methods are scored on different numbers of images {sorted(n_images)}")
+    n = n_images.pop()
+    image_rng = np.random.default_rng(seed)
+    seed_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+    out: dict[str, list[np.ndarray]] = {m: [] for m in values}
+    chunk = max(1, min(n_boot, 2**22 // n))  # replicates at a time: a few tens of MB whatever the test set
+    for start in range(0, n_boot, chunk):
+        c = min(chunk, n_boot - start)
+        idx = image_rng.integers(0, n, size=(c, n))
+        counts = np.bincount((idx + n * np.arange(c)[:, None]).ravel(), minlength=c * n).reshape(c, n)
+        for m, v in values.items():
+            n_seeds = v.shape[0]
+            image_means = np.tensordot(counts.astype(np.float64), v, axes=([1], [1])) / n  # [c, n_seeds, ...]
+            picks = seed_rng.integers(0, n_seeds, size=(c, n_seeds))
+            weights = np.bincount((picks + n_seeds * np.arange(c)[:, None]).ravel(),
+                                  minlength=c * n_seeds).reshape(c, n_seeds) / n_seeds
+            out[m].append(np.einsum("cs,cs...->c...", weights, image_means))
+    return {m: np.concatenate(parts) for m, parts in out.items()}
+
+
+def percentile_ci(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    alpha = (1.0 - level) / 2
+    return (float(np.quantile(replicates, alpha)), float(np.quantile(replicates, 1 - alpha)))
+
+
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def summarise(runs: list[Run], reference: str = REFERENCE, n_boot: int = N_BOOT, seed: int = 0) -> list[Row]:
+    """One :class:`Row` per method, in the paper's order (methods it does not know come after)."""
+    data = {r.data for r in runs}
+    if len(data) > 1:
+        raise TagrankError(f"the runs are on different datasets {sorted(data)}; summarise one dataset at a time")
+    scores = image_scores(runs)
+    paper = PAPER.get(data.pop(), {})
+    reps = seed_image_bootstrap(scores.values, n_boot, seed)  # m -> [n_boot, 2]: (NDCG, P)
     rows = []
-    for m in sorted(by_method, key=row_order):
-        rs = by_method[m]
-        k_max = rs[0].top_k
-        ndcg, prec = seed_mean(m, 0), seed_mean(m, 1)
-        row = Row(method=m, label=label(m), seeds=[r.seed for r in rs], n_images=len(images),
+    for m, rs in scores.runs.items():
+        row = Row(method=m, label=label(m), seeds=[r.seed for r in rs], n_images=len(scores.images),
                   ndcg=float(np.mean([r.metrics["ndcg_mean"] for r in rs])),
                   ndcg_std=_std([float(r.metrics["ndcg_mean"]) for r in rs]),
-                  ndcg_ci=bootstrap_ci(ndcg, n_boot, seed),
+                  ndcg_ci=percentile_ci(reps[m][:, 0]),
                   p=float(np.mean([r.metrics["p_mean"] for r in rs])),
                   p_std=_std([float(r.metrics["p_mean"]) for r in rs]),
-                  p_ci=bootstrap_ci(prec, n_boot, seed), paper=paper.get(m))
+                  p_ci=percentile_ci(reps[m][:, 1]), paper=paper.get(m), n_boot=n_boot)
         for name, mean_at, std_at in (("ndcg", row.ndcg_at, row.ndcg_at_std), ("p", row.p_at, row.p_at_std)):
-            for k in range(1, k_max + 1):
+            for k in range(1, rs[0].top_k + 1):
                 vals = [float(r.metrics[f"{name}@{k}"]) for r in rs]
                 mean_at.append(float(np.mean(vals)))
                 std_at.append(_std(vals))
-        if ref_ndcg is not None and m != reference:
-            diff = ndcg - ref_ndcg
-            row.delta, row.delta_ci = float(diff.mean()), bootstrap_ci(diff, n_boot, seed)
+        if reference in reps and m != reference:
+            row.delta = float(scores.values[m][..., 0].mean() - scores.values[reference][..., 0].mean())
+            row.delta_ci = percentile_ci(reps[m][:, 0] - reps[reference][:, 0])
         rows.append(row)
     return rows

@@ -20,6 +20,23 @@ def _ci(ci: tuple[float, float] | None) -> str:
     return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "–"
 
 
+def interval_note(rows: list[Row]) -> str:
+    """What the intervals are, in words, for the table's header (and the HTML report's)."""
+    note = (f"95% CI: two-level percentile bootstrap ({rows[0].n_boot} replicates): each replicate resamples the "
+            "test images with replacement and, for each method independently, its seeds with replacement; the "
+            "statistic is the mean over the resampled seeds' runs of the mean over the resampled images, so an "
+            "interval carries the seed-to-seed variance as well as the images'. The difference column is paired: "
+            "both methods get the same resampled images, each its own resampled seeds.")
+    single = [r.label for r in rows if len(r.seeds) == 1]
+    if single and len(single) == len(rows):
+        note += (" Every method has one seed here, so the intervals are the bootstrap over test images alone "
+                 "and carry no seed-to-seed variance.")
+    elif single:
+        note += (f" {', '.join(single)}: one seed, so {'its interval is' if len(single) == 1 else 'their intervals are'}"
+                 " the bootstrap over test images alone.")
+    return note
+
+
 def table_markdown(rows: list[Row], data: str, reference: str = REFERENCE) -> str:
     seeds = sorted({len(r.seeds) for r in rows})
     n_images = rows[0].n_images
@@ -29,8 +46,7 @@ def table_markdown(rows: list[Row], data: str, reference: str = REFERENCE) -> st
         head += ["paper NDCG", "paper P"]
     lines = [f"# Table 1 on `{data}`", "",
              f"Mean over k = 1..{len(rows[0].ndcg_at)} of NDCG@k and P@k on the test split ({n_images} images): "
-             f"mean ± std over {'/'.join(map(str, seeds))} seeds; 95% CI: bootstrap over test images of the "
-             "seed-averaged per-image score (2000 resamples); the difference column is paired, image by image.",
+             f"mean ± std over {'/'.join(map(str, seeds))} seeds. " + interval_note(rows),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         delta = "–" if r.delta is None else f"{r.delta:+.4f} {_ci(r.delta_ci)}"
