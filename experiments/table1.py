@@ -13,8 +13,9 @@
    (``trainer.max_epochs=5``, ``data.root=...``) is passed to every run.
 2. Aggregates the run directories (``tagrank.report``) into ``<results>/<data>/``: ``table1.md``,
    ``table1.csv``, ``curves.csv``, ``fig3.png`` (NDCG@k and P@k against k) and ``fig4.png`` (test
-   images with the ground truth, the LSTM's and the SVM's lists), and logs them to an "aggregate" run of
-   the chosen logger (wandb: offline unless WANDB_MODE=online).
+   images with the ground truth, the LSTM's and the SVM's lists), ``report.html`` (every test photo
+   with every method's list, sortable by NDCG and by the difference between two methods), and logs
+   them to an "aggregate" run of the chosen logger (wandb: offline unless WANDB_MODE=online).
 
 Settings (key=value): data (synthetic), seeds (3), methods (lstm,svm,svm_rank,naive_rnn,frequency),
 quick (false), logger (csv | tensorboard | wandb), results (results), sweep_dir (default
@@ -110,18 +111,24 @@ def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) ->
 
 def report(sweep_dir: Path, out_dir: Path, logger: str) -> str:
     # tagrank.report imports torch: after the arguments are checked
-    from tagrank.report import figures, loggers, runs, stats, tables
+    from tagrank.report import figures, html, loggers, runs, stats, tables
 
     found = runs.load_runs(sweep_dir)
     data = found[0].data
-    rows = stats.summarise(found)
+    scores = stats.image_scores(found)
+    rows = stats.summarise(scores)
     md = tables.write_table(rows, out_dir, data)
     written = {"fig3": figures.plot_curves(rows, out_dir / "fig3.png", data)}
-    examples = figures.pick_examples(found, runs.image_files(found[0]))
+    images = runs.image_files(found[0])
+    examples = figures.pick_examples(found, images)
     if examples:
         written["fig4"] = figures.plot_examples(examples, out_dir / "fig4.png",
                                                 title=f"{data}: ground truth and predicted lists (green: in the ground truth)")
     loggers.log_aggregate(logger, out_dir, rows, data, written, md, group=wandb_group(data, sweep_dir))
+    seeds = "/".join(sorted({str(len(rs)) for rs in scores.runs.values()}))
+    html.write_report(out_dir / "report.html", scores, rows, images, title=f"Table 1 on {data}",
+                      intro=f"{len(scores.runs)} methods x {seeds} seeds on the {len(scores.images)} test photos of "
+                            f"{data} (runs: {sweep_dir}).", figures=written)
     return md
 
 
@@ -145,7 +152,7 @@ def main(argv: list[str]) -> int:
         print(f"table1: error: {err}", file=sys.stderr)
         return 2
     print(md)
-    print(f"written: {out_dir}/table1.md, table1.csv, curves.csv, fig3.png, fig4.png (runs: {sweep_dir})")
+    print(f"written: {out_dir}/table1.md, table1.csv, curves.csv, fig3.png, fig4.png, report.html (runs: {sweep_dir})")
     return 0
 
 

@@ -66,7 +66,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
     # The test loop collects predictions; pointed at the val loader it scores the val split.
     metrics = trainer.test(model, dataloaders=loader, verbose=False)[0]
-    return report(dm, model, metrics, Path(cfg.paths.output_dir), title=f"{cfg.split} split, {ckpt}", split=cfg.split)
+    test = report(dm, model, metrics, Path(cfg.paths.output_dir), title=f"{cfg.split} split, {ckpt}", split=cfg.split)
+    if cfg.report:  # report.html beside metrics.json (thumbnails and matplotlib only when asked)
+        from tagrank.report.html import write_eval_report
+
+        write_eval_report(cfg, ckpt, model, dm)
+    return test
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

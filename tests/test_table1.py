@@ -34,18 +34,18 @@ KNOWN = {
 }
 
 
-def write_run(run_dir: Path, method: str, seed: int, data: str, right: list[int]) -> None:
+def write_run(run_dir: Path, method: str, seed: int, data: str, preds: list[dict]) -> None:
     """A run directory as tagrank-train writes it; metrics.json is computed from the predictions."""
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"seed": seed, "model": {"top_k": 10, "relevance": "linear"}}),
                    run_dir / ".hydra/config.yaml")
     OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": {"model": method, "data": data}}}}),
                    run_dir / ".hydra/hydra.yaml")
-    preds = [{"image": img, "truth": TRUTH, "predicted": RIGHT if ok else WRONG} for img, ok in zip(IMAGES, right)]
+    ids = {t: i for i, t in enumerate(sorted({t for p in preds for t in p["truth"] + p["predicted"]}))}
+    width = max(len(p["truth"]) for p in preds)
     metric = RankingMetrics(10)
-    ids = {t: i for i, t in enumerate(TRUTH + WRONG)}
     metric.update(torch.tensor([[ids[t] for t in p["predicted"]] for p in preds]),
-                  torch.tensor([[ids[t] for t in TRUTH]] * len(preds)))
+                  torch.tensor([[ids[t] for t in p["truth"]] + [-1] * (width - len(p["truth"])) for p in preds]))
     metrics = {k: float(v) for k, v in metric.compute().items()}
     (run_dir / "metrics.json").write_text(json.dumps({"split": "test", "metrics": metrics}))
     (run_dir / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
@@ -58,16 +58,22 @@ def known_sweep(tmp_path: Path, data: str = "pascal07") -> Path:
     for method, seeds in KNOWN.items():
         group = "finetuned" if method == "lstm" else "frozen"
         for seed, right in seeds.items():
-            write_run(sweep / group / str(jobs[group]), method, seed, data, right)
+            preds = [{"image": img, "truth": TRUTH, "predicted": RIGHT if ok else WRONG} for img, ok in zip(IMAGES, right)]
+            write_run(sweep / group / str(jobs[group]), method, seed, data, preds)
             jobs[group] += 1
     return sweep
+
+
+def summary(sweep: Path) -> list[stats.Row]:
+    return stats.summarise(stats.image_scores(runs.load_runs(sweep)))
 
 
 def test_known_runs_give_the_expected_table(tmp_path):
     found = runs.load_runs(known_sweep(tmp_path))
     assert len(found) == 6 and {r.method for r in found} == set(KNOWN)
-    rows = {r.method: r for r in stats.summarise(found)}
-    assert [r.method for r in stats.summarise(found)] == ["frequency", "svm", "lstm"]  # the paper's order
+    summarised = stats.summarise(stats.image_scores(found))
+    assert [r.method for r in summarised] == ["frequency", "svm", "lstm"]  # the paper's order
+    rows = {r.method: r for r in summarised}
 
     lstm, svm, freq = rows["lstm"], rows["svm"], rows["frequency"]
     assert lstm.seeds == [0, 1] and lstm.n_images == 4
@@ -101,7 +107,7 @@ def test_known_runs_give_the_expected_table(tmp_path):
 
 
 def test_no_paper_columns_for_a_dataset_the_paper_did_not_use(tmp_path):
-    rows = stats.summarise(runs.load_runs(known_sweep(tmp_path, data="synthetic")))
+    rows = summary(known_sweep(tmp_path, data="synthetic"))
     md = tables.table_markdown(rows, "synthetic")
     assert "paper" not in md and all(r.paper is None for r in rows)
 
@@ -109,11 +115,11 @@ def test_no_paper_columns_for_a_dataset_the_paper_did_not_use(tmp_path):
 def test_a_run_whose_metrics_disagree_with_its_predictions_is_refused(tmp_path):
     sweep = known_sweep(tmp_path)
     path = sweep / "finetuned/0/metrics.json"  # lstm, seed 0
-    summary = json.loads(path.read_text())
-    summary["metrics"]["ndcg_mean"] += 0.1
-    path.write_text(json.dumps(summary))
+    written = json.loads(path.read_text())
+    written["metrics"]["ndcg_mean"] += 0.1
+    path.write_text(json.dumps(written))
     with pytest.raises(TagrankError, match="predictions.jsonl gives NDCG 0.7500 but metrics.json says 0.8500"):
-        stats.summarise(runs.load_runs(sweep))
+        summary(sweep)
 
 
 def test_a_failed_run_is_named(tmp_path):
@@ -127,10 +133,10 @@ def test_one_seed_a_method_is_said_in_the_header(tmp_path):
     sweep = known_sweep(tmp_path)
     for job in ("frozen/1", "frozen/3"):  # the svm's and the prior's seed 1
         shutil.rmtree(sweep / job)
-    md = tables.table_markdown(stats.summarise(runs.load_runs(sweep)), "pascal07")
+    md = tables.table_markdown(summary(sweep), "pascal07")
     assert "Frequency prior, SVM: one seed, so their intervals are the bootstrap over test images alone." in md
     shutil.rmtree(sweep / "finetuned/1")
-    md = tables.table_markdown(stats.summarise(runs.load_runs(sweep)), "pascal07")
+    md = tables.table_markdown(summary(sweep), "pascal07")
     assert "Every method has one seed here, so the intervals are the bootstrap over test images alone" in md
 
 
@@ -190,7 +196,7 @@ def test_the_bootstrap_is_deterministic_and_fast():
 
 def test_figures_and_the_wandb_table(tmp_path, monkeypatch):
     found = runs.load_runs(known_sweep(tmp_path))
-    rows = stats.summarise(found)
+    rows = stats.summarise(stats.image_scores(found))
     for i, name in enumerate(IMAGES):  # stand-in image files
         Image.new("RGB", (32, 32), (40 * i, 100, 200)).save(tmp_path / name)
     examples = figures.pick_examples(found, {img: tmp_path / img for img in IMAGES}, n=3)
@@ -240,7 +246,7 @@ def test_table1_quick_end_to_end(tmp_path, cli_env):
                           capture_output=True, text=True, env=cli_env, timeout=1800, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results/synthetic"
-    for name in ("table1.md", "table1.csv", "curves.csv", "fig3.png", "fig4.png"):
+    for name in ("table1.md", "table1.csv", "curves.csv", "fig3.png", "fig4.png", "report.html"):
         assert (out / name).is_file(), name
     table = {r["method"]: r for r in csv.DictReader((out / "table1.csv").open())}
     assert set(table) == {"lstm", "svm", "svm_rank", "naive_rnn", "frequency"}

@@ -43,10 +43,13 @@ def test_train_writes_a_complete_run_and_eval_reproduces_it(tmp_path, cache_dir)
     model = LSTMTagger.load_from_checkpoint(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
     assert model.hparams.hidden_size == 300 and model.num_tags == model.out.out_features
 
-    # tagrank-eval (the real console script) prints and writes the same numbers.
-    again, stdout = _eval_cli(run, cfg, tmp_path / "eval")
+    # tagrank-eval (the real console script) prints and writes the same numbers, and report.html beside them.
+    again, stdout = _eval_cli(run, cfg, tmp_path / "eval", "report=true")
     assert again["metrics"] == metrics["metrics"]
     assert f"{metrics['metrics']['ndcg_mean']:.4f}" in stdout
+    page = (tmp_path / "eval/report.html").read_text()
+    assert page.count('<tr data-name="') == 48 and page.count("data:image/jpeg;base64,") == 48
+    assert f"<td>Ours (LSTM)</td><td>{metrics['metrics']['ndcg_mean']:.4f}</td>" in page
 
 
 def _eval_cli(run, cfg, out_dir, *overrides):

@@ -64,6 +64,24 @@ def load_runs(sweep_dir: Path) -> list[Run]:
     return [load_run(p) for p in jobs]
 
 
+def checkpoint_run(out_dir: Path, ckpt: Path, model: Any, dm: Any) -> Run:
+    """The run ``tagrank-eval`` just wrote into ``out_dir``, named after the training run that wrote the
+    checkpoint (``<run>/.hydra``: its ``model=`` and ``data=`` choices, its seed); without that record,
+    after the model's module (``tagrank.models.lstm`` -> ``lstm``) and the dataset's converter."""
+    metrics, predictions = read_results(Path(out_dir))
+    train_dir = Path(ckpt).parent.parent / ".hydra"
+    method = type(model).__module__.rsplit(".", 1)[-1]
+    data = type(dm.source).__module__.rsplit(".", 1)[-1]
+    seed = 0
+    if (train_dir / "hydra.yaml").is_file():
+        choices = OmegaConf.load(train_dir / "hydra.yaml").hydra.runtime.choices
+        method, data = str(choices.get("model") or method), str(choices.get("data") or data)
+    if (train_dir / "config.yaml").is_file():
+        seed = int(OmegaConf.load(train_dir / "config.yaml").get("seed", 0))
+    return Run(method=method, seed=seed, data=data, metrics=metrics, predictions=predictions, path=Path(out_dir),
+               top_k=int(model.top_k), relevance=str(model.test_metrics.relevance))
+
+
 def image_paths(dm: Any) -> dict[str, Path]:
     """Record image -> file, from a set-up :class:`~tagrank.data.datamodule.RankedTagDataModule`."""
     return {rec.image: Path(path) for rec, path in zip(dm.records, dm.paths)}

@@ -139,12 +139,12 @@ def _std(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
-def summarise(runs: list[Run], reference: str = REFERENCE, n_boot: int = N_BOOT, seed: int = 0) -> list[Row]:
-    """One :class:`Row` per method, in the paper's order (methods it does not know come after)."""
-    data = {r.data for r in runs}
+def summarise(scores: Scores, reference: str = REFERENCE, n_boot: int = N_BOOT, seed: int = 0) -> list[Row]:
+    """One :class:`Row` per method of :func:`image_scores`, in the paper's order (methods it does not
+    know come after)."""
+    data = {r.data for rs in scores.runs.values() for r in rs}
     if len(data) > 1:
         raise TagrankError(f"the runs are on different datasets {sorted(data)}; summarise one dataset at a time")
-    scores = image_scores(runs)
     paper = PAPER.get(data.pop(), {})
     reps = seed_image_bootstrap(scores.values, n_boot, seed)  # m -> [n_boot, 2]: (NDCG, P)
     rows = []

@@ -25,8 +25,10 @@ def interval_note(rows: list[Row]) -> str:
     note = (f"95% CI: two-level percentile bootstrap ({rows[0].n_boot} replicates): each replicate resamples the "
             "test images with replacement and, for each method independently, its seeds with replacement; the "
             "statistic is the mean over the resampled seeds' runs of the mean over the resampled images, so an "
-            "interval carries the seed-to-seed variance as well as the images'. The difference column is paired: "
-            "both methods get the same resampled images, each its own resampled seeds.")
+            "interval carries the seed-to-seed variance as well as the images'.")
+    if any(r.delta is not None for r in rows):
+        note += (" The difference column is paired: both methods get the same resampled images, each its own "
+                 "resampled seeds.")
     single = [r.label for r in rows if len(r.seeds) == 1]
     if single and len(single) == len(rows):
         note += (" Every method has one seed here, so the intervals are the bootstrap over test images alone "
@@ -37,23 +39,32 @@ def interval_note(rows: list[Row]) -> str:
     return note
 
 
+def table_cells(rows: list[Row], reference: str = REFERENCE) -> tuple[list[str], list[list[str]]]:
+    """Table 1 as text cells (header, one list per method): the markdown and the HTML report show these."""
+    has_paper = any(r.paper for r in rows)
+    has_delta = any(r.delta is not None for r in rows)  # no column without the reference method
+    head = ["Method", "NDCG", "NDCG 95% CI", "P", "P 95% CI"]
+    head += [f"NDCG − {label(reference)} [95% CI]"] if has_delta else []
+    head += ["paper NDCG", "paper P"] if has_paper else []
+    cells = []
+    for r in rows:
+        line = [r.label, _pm(r.ndcg, r.ndcg_std), _ci(r.ndcg_ci), _pm(r.p, r.p_std), _ci(r.p_ci)]
+        if has_delta:
+            line.append("–" if r.delta is None else f"{r.delta:+.4f} {_ci(r.delta_ci)}")
+        if has_paper:
+            line += [f"{r.paper[0]:.4f}", f"{r.paper[1]:.4f}"] if r.paper else ["–", "–"]
+        cells.append(line)
+    return head, cells
+
+
 def table_markdown(rows: list[Row], data: str, reference: str = REFERENCE) -> str:
     seeds = sorted({len(r.seeds) for r in rows})
-    n_images = rows[0].n_images
-    has_paper = any(r.paper for r in rows)
-    head = ["Method", "NDCG", "NDCG 95% CI", "P", "P 95% CI", f"NDCG − {label(reference)} [95% CI]"]
-    if has_paper:
-        head += ["paper NDCG", "paper P"]
+    head, cells = table_cells(rows, reference)
     lines = [f"# Table 1 on `{data}`", "",
-             f"Mean over k = 1..{len(rows[0].ndcg_at)} of NDCG@k and P@k on the test split ({n_images} images): "
+             f"Mean over k = 1..{len(rows[0].ndcg_at)} of NDCG@k and P@k on the test split ({rows[0].n_images} images): "
              f"mean ± std over {'/'.join(map(str, seeds))} seeds. " + interval_note(rows),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        delta = "–" if r.delta is None else f"{r.delta:+.4f} {_ci(r.delta_ci)}"
-        cells = [r.label, _pm(r.ndcg, r.ndcg_std), _ci(r.ndcg_ci), _pm(r.p, r.p_std), _ci(r.p_ci), delta]
-        if has_paper:
-            cells += [f"{r.paper[0]:.4f}", f"{r.paper[1]:.4f}"] if r.paper else ["–", "–"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(line) + " |" for line in cells]
     return "\n".join(lines) + "\n"
 
 
