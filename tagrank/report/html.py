@@ -33,6 +33,8 @@ from tagrank.report.tables import interval_note, table_cells
 log = logging.getLogger("tagrank")
 
 THUMBNAIL = 128  # px, the longer side
+CAPTIONS = {"fig3": "Fig. 3: NDCG@k and P@k against k (band: ± std over seeds)",
+            "fig4": "Fig. 4: test photos with the ground truth and predicted lists (green: in the ground truth)"}
 _e = html.escape
 
 PAGE = Template("""<!DOCTYPE html>
@@ -49,7 +51,7 @@ table { border-collapse: collapse; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; text-align: left; }
 #table1 td { font-variant-numeric: tabular-nums; }
 figure { margin: .5em 0; }
-figure img { max-width: 100%; border: 1px solid #eee; }
+figure img { max-width: min(100%, 1000px); border: 1px solid #eee; }
 #controls { position: sticky; top: 0; background: #fff; padding: .5em 0; border-bottom: 1px solid #ccc; z-index: 1; }
 #controls select { margin: 0 .6em 0 .2em; }
 #photos td.photo { width: ${thumb}px; font-size: 11px; color: #666; word-break: break-all; }
@@ -180,7 +182,7 @@ def render(scores: Scores, rows: list[Row], images: dict[str, Path], title: str,
              + "</tbody></table>")
     figs = "".join(
         f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}">'
-        f"<figcaption>{_e(name)}</figcaption></figure>" for name, p in (figures or {}).items())
+        f"<figcaption>{_e(CAPTIONS.get(name, name))}</figcaption></figure>" for name, p in (figures or {}).items())
     shown = {m: {p["image"]: p for p in rs[0].predictions} for m, rs in scores.runs.items()}  # lowest seed
     multi_seed = any(len(rs) > 1 for rs in scores.runs.values())
     body = []
@@ -221,6 +223,7 @@ def render(scores: Scores, rows: list[Row], images: dict[str, Path], title: str,
 def write_report(path: Path, scores: Scores, rows: list[Row], images: dict[str, Path], title: str, intro: str,
                  figures: dict[str, Path] | None = None) -> Path:
     atomic_write_text(Path(path), render(scores, rows, images, title, intro, figures))
+    Path(path).chmod(0o644)  # a page to share: not the temporary file's owner-only mode
     return Path(path)
 
 
@@ -238,6 +241,6 @@ def write_eval_report(cfg: Any, ckpt: Path, model: Any, dm: Any) -> Path:
         intro = (f"{label(run.method)} ({ckpt}) on the {cfg.split} split of {run.data}: "
                  f"{len(scores.images)} photos with a ground truth.")
         path = write_report(out_dir / "report.html", scores, rows, image_paths(dm), title=f"tagrank-eval: {run.data}",
-                            intro=intro, figures={"Fig. 3: NDCG@k and P@k against k": fig3})
+                            intro=intro, figures={"fig3": fig3})
     log.info("report: %s", path)
     return path
