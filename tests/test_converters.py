@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tagrank.data.coco import CocoSource, caption_mentions, json_items, phrase_index
-from tagrank.data.convert import merge_ranked, split_sizes
+from tagrank.data.coco import CocoSource, caption_mentions, phrase_index
+from tagrank.data.convert import json_items, merge_ranked, split_sizes
 from tagrank.data.labelme import LabelMeSource
 from tagrank.data.normalize import COCO_SYNONYMS, labelme_name, normalize_tag
 from tagrank.data.pascal07 import Pascal07Source

@@ -15,7 +15,7 @@ drops false mentions ("an orange cat" with no orange in the image).
 Splits: ``val<year>`` is the test split (the official held-out set); a seeded ``data.val_fraction`` of
 ``train<year>`` is the validation split, the rest is training.
 
-The JSON files are streamed element by element (``json_items``), never loaded whole: the 448 MB
+The JSON files are streamed element by element (``tagrank.data.convert.json_items``), never loaded whole: the 448 MB
 ``instances_train2017.json`` is read in bounded memory, and the full 2017 training set converts in well
 under two minutes (``benchmarks/bench_coco.py``).
 """
@@ -27,142 +27,27 @@ import os
 import re
 from array import array
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagrank.data.convert import Problems, RawSource, merge_ranked, ranked_by_area
+from tagrank.data.convert import (PhraseIndex, Problems, RawSource, first_mentions, index_phrases, json_items,
+                                  merge_ranked, ranked_by_area)
 from tagrank.data.normalize import COCO_SYNONYMS, coco_phrases
 from tagrank.data.records import Record, assign_splits
 from tagrank.errors import TagrankError
 
 ORDERS = ("captions", "area")
-_WS = re.compile(r"[ \t\n\r]*")
 _WORD = re.compile(r"[a-z]+")
-_DECODER = json.JSONDecoder()
-MAX_ELEMENT = 64 << 20  # characters; a longer unparsable element is reported as malformed
 
 
-class _JsonReader:
-    """A JSON text read in chunks, decoded one value at a time (C decoder, no whole-file load)."""
-
-    def __init__(self, path: Path, chunk: int = 1 << 22) -> None:
-        self.path, self.chunk = path, chunk
-        self.f = open(path, encoding="utf-8")  # noqa: SIM115 (closed by json_items)
-        self.buf, self.pos, self.eof = "", 0, False
-        self.consumed_chars, self.consumed_lines = 0, 0
-
-    def fill(self) -> bool:
-        if self.eof:
-            return False
-        try:
-            data = self.f.read(self.chunk)
-        except UnicodeDecodeError as err:
-            self.fail(f"not UTF-8 text ({err.reason})")
-        if not data:
-            self.eof = True
-            return False
-        done = self.buf[: self.pos]
-        self.consumed_chars += len(done)
-        self.consumed_lines += done.count("\n")
-        self.buf, self.pos = self.buf[self.pos:] + data, 0
-        return True
-
-    def fail(self, message: str, at: int | None = None) -> None:
-        at = self.pos if at is None else at
-        line = self.consumed_lines + self.buf.count("\n", 0, at) + 1
-        raise TagrankError(f"{self.path}:{line}: malformed JSON at character {self.consumed_chars + at}: {message}")
-
-    def peek(self) -> str:
-        while True:
-            self.pos = _WS.match(self.buf, self.pos).end()
-            if self.pos < len(self.buf) or not self.fill():
-                return self.buf[self.pos] if self.pos < len(self.buf) else ""
-
-    def expect(self, chars: str) -> str:
-        c = self.peek()
-        if not c or c not in chars:
-            self.fail(f"expected one of {' '.join(repr(x) for x in chars)}, found {c or 'the end of the file'!r}")
-        self.pos += 1
-        return c
-
-    def value(self) -> Any:
-        self.peek()
-        while True:
-            try:
-                obj, end = _DECODER.raw_decode(self.buf, self.pos)
-                if end < len(self.buf) or self.eof:  # else a number may go on in the next chunk
-                    self.pos = end
-                    return obj
-            except json.JSONDecodeError as err:
-                if self.eof or len(self.buf) - self.pos > MAX_ELEMENT:
-                    self.fail(err.msg, err.pos)
-            self.fill()
-
-
-def json_items(path: Path, chunk: int = 1 << 22) -> Iterator[tuple[str, int | None, Any]]:
-    """``(key, index, element)`` for each element of each top-level array, ``(key, None, value)`` otherwise.
-
-    Memory is one chunk plus one element, whatever the file size; a syntax error names file, line and
-    character offset.
-    """
-    r = _JsonReader(path, chunk)
-    try:
-        r.expect("{")
-        if r.peek() == "}":
-            r.pos += 1
-        else:
-            while True:
-                if r.peek() != '"':
-                    r.fail("expected a key")
-                key = r.value()
-                r.expect(":")
-                if r.peek() == "[":
-                    r.pos += 1
-                    index = 0
-                    if r.peek() == "]":
-                        r.pos += 1
-                    else:
-                        while True:
-                            yield key, index, r.value()
-                            index += 1
-                            if r.expect(",]") == "]":
-                                break
-                else:
-                    yield key, None, r.value()
-                if r.expect(",}") == "}":
-                    break
-        if r.peek():
-            r.fail("extra data after the top-level object")
-    finally:
-        r.f.close()
-
-
-def caption_mentions(caption: str, index: dict[str, list[tuple[tuple[str, ...], str]]]) -> tuple[str, ...]:
+def caption_mentions(caption: str, index: PhraseIndex) -> tuple[str, ...]:
     """Categories in the order the caption first names them (longest phrase wins at each word)."""
-    words = _WORD.findall(caption.lower())
-    found: dict[str, None] = {}
-    i, n = 0, len(words)
-    while i < n:
-        for phrase, name in index.get(words[i], ()):
-            k = len(phrase)
-            if k == 1 or tuple(words[i:i + k]) == phrase:
-                found.setdefault(name, None)
-                i += k
-                break
-        else:
-            i += 1
-    return tuple(found)
+    return first_mentions(_WORD.findall(caption.lower()), index)
 
 
-def phrase_index(categories: list[str]) -> dict[str, list[tuple[tuple[str, ...], str]]]:
-    index: dict[str, list] = defaultdict(list)
-    for phrase, name in coco_phrases(categories).items():
-        index[phrase[0]].append((phrase, name))
-    for options in index.values():
-        options.sort(key=lambda pn: -len(pn[0]))
-    return dict(index)
+def phrase_index(categories: list[str]) -> PhraseIndex:
+    return index_phrases(coco_phrases(categories))
 
 
 def _image_entry(path: Path, i: int, item: Any, problems: Problems) -> tuple[int, str] | None:
