@@ -43,7 +43,8 @@ _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")
 
 
 def words_of(text: str) -> list[str]:
-    """Karpathy's tokens of a text (see the module docstring)."""
+    """A caption's raw text split as Karpathy's ``tokens`` were (the same on all 40,000 Flickr8k captions),
+    so that a sentence without tokens matches the same forms."""
     return _WORD.findall(text.lower())
 
 
