@@ -1,6 +1,7 @@
-"""Full-scale COCO conversion: time and peak memory on a generated COCO-2017-sized training set.
+"""Converter speed: full-scale COCO on a generated COCO-2017-sized training set, and the real Flickr8k.
 
     .venv/bin/python benchmarks/bench_coco.py [--images 118287] [--captions 5] [--dir /tmp/cocobench]
+    .venv/bin/python benchmarks/bench_coco.py --only flickr8k [--flickr8k ../shared/data/flickr8k]  # skipped if absent
 
 Writes COCO-format ``captions_{train,val}2017.json`` and ``instances_{train,val}2017.json`` (118,287
 training images, ~592k captions, ~860k instances with polygon segmentations: ~90 MB and ~450 MB, like
@@ -12,6 +13,8 @@ resident memory, their ratios to the issue's 120 s target and to a plain ``json.
 file, measured in the same run. Then once ``order=area`` with the image check on (the default), which
 decodes every image once: the difference is the check's cost. The files are all one inode, so this
 measures decoding, not reading 18 GB from disk.
+Then ``data=flickr8k`` on ``../shared/data/flickr8k`` (8,000 photos, Karpathy's JSON, the vocabulary
+file, the image check on) the same way.
 Not a unit test: run it by hand (``make bench``) after changing the converter.
 """
 
@@ -33,6 +36,7 @@ from pathlib import Path
 from tagrank.data.normalize import COCO_SYNONYMS
 
 CATEGORIES = list(COCO_SYNONYMS)
+FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 TARGET_S = 120  # the issue: the full COCO 2017 train set in under 2 minutes
 TEMPLATE = "photo.jpg"  # every generated image is a hard link to this one
 FILLER = "a an the of on in with next to near and is are sitting standing holding large small white red two".split()
@@ -116,15 +120,47 @@ def run(what: str, root: str, out: str) -> None:
         with open(Path(root) / "annotations" / "captions_train2017.json") as f:
             message = f"{len(json.load(f)['annotations'])} captions loaded"
     else:
+        from tagrank.data.captions import CaptionsSource
         from tagrank.data.coco import CocoSource
         from tagrank.data.source import ensure_built
 
-        order, _, images = what.partition("+")
-        folder = ensure_built(CocoSource(root=root, order=order, check_images=bool(images)), Path(out))
+        if what == "flickr8k":
+            source = CaptionsSource(root=root, annotations="dataset_flickr8k.json", vocabulary="vocabulary.txt")
+        else:
+            order, _, images = what.partition("+")
+            source = CocoSource(root=root, order=order, check_images=bool(images))
+        folder = ensure_built(source, Path(out))
         with open(folder / "manifest.jsonl") as f:
             message = f"{sum(1 for _ in f)} records"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"{message}|{time.perf_counter() - start:.2f}|{peak:.0f}")
+
+
+def coco(a: argparse.Namespace, tmp: str) -> None:
+    """Generate the COCO-sized files (once, into --dir if given) and time the two orders against json.load."""
+    root = Path(a.dir or tmp)
+    if not (root / "annotations" / "captions_train2017.json").is_file() or not (root / TEMPLATE).is_file():
+        start, rng = time.perf_counter(), random.Random(0)
+        photo(root / TEMPLATE)
+        write_split(root, "train", a.images, a.captions, 1, rng)
+        write_split(root, "val", a.val_images, a.captions, 10_000_000, rng)
+        print(f"generated in {time.perf_counter() - start:.0f} s: " + ", ".join(
+            f"{p.name} {p.stat().st_size / 2**20:.0f} MB" for p in sorted((root / "annotations").iterdir())))
+    message, base_s, base_mb = measure("json.load", root, tmp, a.repeats)
+    print(f"json.load(captions_train2017.json), for comparison: {message}; median {base_s:.1f} s, "
+          f"peak {base_mb:.0f} MiB ({a.repeats} runs)")
+    seconds = {}
+    for order in ("captions", "area"):
+        message, secs, mb = measure(order, root, tmp, a.repeats)
+        seconds[order] = secs
+        print(f"CocoSource order={order}: {message}; median {secs:.1f} s ({secs / TARGET_S:.2f} x the {TARGET_S} s "
+              f"target, {secs / base_s:.2f} x json.load), peak {mb:.0f} MiB ({mb / base_mb:.2f} x json.load; "
+              f"process total, with imports; {a.repeats} runs; data.check_images=false)")
+    message, checked, mb = measure("area+images", root, tmp, 1)
+    n, added = int(message.split()[0]), checked - seconds["area"]
+    print(f"CocoSource order=area with data.check_images=true: {message}; {checked:.1f} s, peak {mb:.0f} MiB (1 run): "
+          f"decoding the {n} images once adds {added:.1f} s, {added / n * 1000:.2f} ms an image "
+          f"with {min(8, os.cpu_count() or 1)} threads")
 
 
 def main() -> None:
@@ -133,6 +169,8 @@ def main() -> None:
     p.add_argument("--val-images", type=int, default=5_000)
     p.add_argument("--captions", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", choices=("coco", "flickr8k"), default=None, help="run one of the two benchmarks")
+    p.add_argument("--flickr8k", type=Path, default=FLICKR8K, help="the Flickr8k folder (default: %(default)s)")
     p.add_argument("--dir", default=None, help="keep the generated data here (default: a temp folder, deleted)")
     p.add_argument("--run", nargs=3, metavar=("WHAT", "ROOT", "OUT"), help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -140,29 +178,16 @@ def main() -> None:
         run(*a.run)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(a.dir or tmp)
-        if not (root / "annotations" / "captions_train2017.json").is_file() or not (root / TEMPLATE).is_file():
-            start, rng = time.perf_counter(), random.Random(0)
-            photo(root / TEMPLATE)
-            write_split(root, "train", a.images, a.captions, 1, rng)
-            write_split(root, "val", a.val_images, a.captions, 10_000_000, rng)
-            print(f"generated in {time.perf_counter() - start:.0f} s: " + ", ".join(
-                f"{p.name} {p.stat().st_size / 2**20:.0f} MB" for p in sorted((root / "annotations").iterdir())))
-        message, base_s, base_mb = measure("json.load", root, tmp, a.repeats)
-        print(f"json.load(captions_train2017.json), for comparison: {message}; median {base_s:.1f} s, "
-              f"peak {base_mb:.0f} MiB ({a.repeats} runs)")
-        seconds = {}
-        for order in ("captions", "area"):
-            message, secs, mb = measure(order, root, tmp, a.repeats)
-            seconds[order] = secs
-            print(f"CocoSource order={order}: {message}; median {secs:.1f} s ({secs / TARGET_S:.2f} x the {TARGET_S} s "
-                  f"target, {secs / base_s:.2f} x json.load), peak {mb:.0f} MiB ({mb / base_mb:.2f} x json.load; "
-                  f"process total, with imports; {a.repeats} runs; data.check_images=false)")
-        message, checked, mb = measure("area+images", root, tmp, 1)
-        n, added = int(message.split()[0]), checked - seconds["area"]
-        print(f"CocoSource order=area with data.check_images=true: {message}; {checked:.1f} s, peak {mb:.0f} MiB (1 run): "
-              f"decoding the {n} images once adds {added:.1f} s, {added / n * 1000:.2f} ms an image "
-              f"with {min(8, os.cpu_count() or 1)} threads")
+        if a.only != "flickr8k":
+            coco(a, tmp)
+        if a.only == "coco":
+            return
+        if not a.flickr8k.is_dir():
+            print(f"Flickr8k: skipped, {a.flickr8k} is absent")
+            return
+        message, secs, mb = measure("flickr8k", a.flickr8k, tmp, a.repeats)
+        print(f"CaptionsSource data=flickr8k: {message}; median {secs:.1f} s, peak {mb:.0f} MiB "
+              f"(process total, with imports; {a.repeats} runs; data.check_images=true)")
 
 
 if __name__ == "__main__":
