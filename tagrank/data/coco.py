@@ -15,9 +15,9 @@ drops false mentions ("an orange cat" with no orange in the image).
 Splits: ``val<year>`` is the test split (the official held-out set); a seeded ``data.val_fraction`` of
 ``train<year>`` is the validation split, the rest is training.
 
-The JSON files are streamed element by element (``tagrank.data.convert.json_items``), never loaded whole: the 448 MB
-``instances_train2017.json`` is read in bounded memory, and the full 2017 training set converts in well
-under two minutes (``benchmarks/bench_coco.py``).
+The JSON files are streamed element by element (``tagrank.data.convert.json_items``), never loaded
+whole: the 448 MB ``instances_train2017.json`` is read in bounded memory, and the full 2017 training set
+converts in well under two minutes (``benchmarks/bench_coco.py``).
 """
 
 from __future__ import annotations
