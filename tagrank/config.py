@@ -2,37 +2,60 @@
 
 Hydra's ``instantiate`` reports a wrong key or type as a nested traceback from deep inside a
 constructor. Before instantiating, :func:`instantiate` checks each key of a node against the
-target's signature and type hints, and names the full key (``model.hidden_size``), what was given and
-what was expected.
+target's signature, type hints and declared ranges (``Annotated[int, Gt(0)]``: see
+:data:`PositiveInt`), and names the full key (``model.hidden_size``), what was given and what was
+expected. :func:`console_main` gives Hydra's own errors (an unknown key or option, a malformed
+override) the same one line and exit status 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
+import operator
+import os
+import re
 import sys
 import types
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import hydra
+from annotated_types import Ge, Gt, Interval
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")
+
+# Ranges declared where a setting is defined (constructor signatures, Source fields), checked before
+# anything is built: ``hidden_size: PositiveInt = 300``.
+PositiveInt = Annotated[int, Gt(0)]
+NonNegativeInt = Annotated[int, Ge(0)]
+PositiveFloat = Annotated[float, Gt(0)]
+NonNegativeFloat = Annotated[float, Ge(0)]
+Fraction = Annotated[float, Interval(ge=0, lt=1)]  # a dropout rate
+
+BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
 
 
 def value_matches(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any or hint is inspect.Parameter.empty:
         return True
+    if origin is Annotated:
+        return value_matches(value, typing.get_args(hint)[0])
     if origin in (typing.Union, types.UnionType):
         return any(value_matches(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is bool:
@@ -52,18 +75,48 @@ def value_matches(value: Any, hint: Any) -> bool:
 
 
 def describe_type(hint: Any) -> str:
+    if typing.get_origin(hint) is Annotated:
+        return describe_type(typing.get_args(hint)[0])
+    if typing.get_origin(hint) is typing.Literal:
+        return f"one of {list(typing.get_args(hint))}"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+def broken_range(value: Any, hint: Any) -> str | None:
+    """The range ``value`` is outside of (``"> 0"``, ``">= 0 and < 1"``), from the ``annotated_types``
+    bounds of an ``Annotated`` hint; None when it is inside or the hint declares none."""
+    if typing.get_origin(hint) is not Annotated or value is None:
+        return None
+    bounds = [b for meta in hint.__metadata__ for b in (meta if isinstance(meta, Interval) else [meta])]
+    wanted, inside = [], True
+    for bound in bounds:
+        for attr, (op, sign) in BOUNDS.items():
+            if getattr(bound, attr, None) is not None:
+                wanted.append(f"{sign} {getattr(bound, attr)}")
+                inside = inside and op(value, getattr(bound, attr))
+    return None if inside else " and ".join(wanted)
+
+
+def check_value(key: str, value: Any, hint: Any) -> None:
+    """One setting against its type hint and declared range: a wrong one is one line naming it."""
+    if not value_matches(value, hint):
+        if typing.get_origin(hint) is typing.Literal:
+            raise TagrankError(f"{key}={value!r} is not {describe_type(hint)}")
+        raise TagrankError(f"{key}={value!r} has the wrong type: expected {describe_type(hint)}")
+    wanted = broken_range(value, hint)
+    if wanted:
+        raise TagrankError(f"{key}={value!r} is out of range: expected {describe_type(hint)} {wanted}")
+
+
 def check_node(node: DictConfig, key: str) -> None:
-    """Check a ``_target_`` node's keys and value types against its target's signature, recursively."""
+    """Check a ``_target_`` node's keys, value types and ranges against its target's signature, recursively."""
     target = hydra.utils.get_object(node._target_) if "_target_" in node else None
     if target is None:
         raise TagrankError(f"{key}: expected a config with _target_")
     fn = target.__init__ if inspect.isclass(target) else target
     sig = inspect.signature(fn)
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:
         hints = {}
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
@@ -80,10 +133,8 @@ def check_node(node: DictConfig, key: str) -> None:
                 continue
             allowed = [p for p in sig.parameters if p not in ("self", "num_tags")]
             raise TagrankError(f"{full} is not a setting of {node._target_}; expected one of {allowed}")
-        hint = hints.get(name, inspect.Parameter.empty)
         plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else node[name]
-        if not value_matches(plain, hint):
-            raise TagrankError(f"{full}={plain!r} has the wrong type: expected {describe_type(hint)}")
+        check_value(full, plain, hints.get(name, inspect.Parameter.empty))
 
 
 def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -94,11 +145,65 @@ def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
         cause = err.__cause__
         if isinstance(cause, TagrankError):
             raise cause from None
-        raise TagrankError(f"{key}: {err}") from err
+        # A constructor's own check (Lightning's on its Trainer arguments): its message, on one line.
+        raise TagrankError(f"{key}: {one_line(str(cause or err))}") from err
+
+
+# Loggers and callbacks come from their own config groups (logger=, callbacks.*), not trainer.*.
+NOT_TRAINER_SETTINGS = ("self", "logger", "callbacks", "plugins")
+
+
+def register_trainer_schema() -> None:
+    """Every ``lightning.Trainer`` argument with Lightning's default, as the base of conf/trainer/default.yaml.
+
+    So ``trainer.limit_val_batches=2`` needs no ``+``, a misspelt key is still an error, and the
+    arguments of a newer Lightning appear by themselves (they are read from its signature).
+    """
+    from lightning import Trainer
+
+    params = [p for p in inspect.signature(Trainer.__init__).parameters.values() if p.name not in NOT_TRAINER_SETTINGS]
+    fields = [("_target_", str, dataclasses.field(default="lightning.Trainer"))]
+    fields += [(p.name, Any, dataclasses.field(default=p.default if isinstance(p.default, (bool, int, float, str))
+                                               else None)) for p in params]
+    ConfigStore.instance().store(group="schema", name="trainer", node=dataclasses.make_dataclass("TrainerSchema", fields))
+
+
+register_trainer_schema()
 
 
 def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def one_line(text: str) -> str:
+    text = text.split("\nConfig search path:")[0].strip()  # Hydra's list of where it looked
+    return re.sub(r"\s*\n\s*", "; ", re.sub(r":\s*\n\s*", ": ", text))
+
+
+def user_message(err: Exception) -> str:
+    """One line for a user error, also for Hydra's (an unknown key names the keys there are)."""
+    cause = err.__cause__
+    if (isinstance(err, CompactHydraException) and isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+            and isinstance(cause.parent_node, DictConfig)):
+        node = cause.parent_node
+        where = cause.full_key.rsplit(".", 1)[0] if "." in cause.full_key else "the config"
+        known = [str(k) for k in node if not str(k).startswith("_")]
+        # A group of entries (callbacks, logger) takes new ones; a constructor's settings are what they are.
+        adding = f" (a new entry needs a +: +{cause.full_key}=...)" if "_target_" not in node else ""
+        return f"{cause.full_key} is not a setting of {where}; expected one of {known}{adding}"
+    if isinstance(err, OverrideParseException):
+        return one_line(f"{err.override}: {err}")
+    if isinstance(err, CompactHydraException) and isinstance(cause, OmegaConfBaseException):
+        return one_line(f"{err}\n{cause}")
+    return one_line(str(err))
+
+
+USER_ERRORS = (TagrankError, CompactHydraException, OmegaConfBaseException)
+
+
+def user_error_exit(err: Exception) -> typing.NoReturn:
+    print(f"tagrank: error: {user_message(err)}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -108,9 +213,22 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """
     try:
         return task(cfg)
-    except (TagrankError, OmegaConfBaseException) as err:
+    except USER_ERRORS as err:
         if in_multirun():
             raise
-        message = str(err).strip().replace("\n", "; ") if isinstance(err, OmegaConfBaseException) else str(err)
-        print(f"tagrank: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        user_error_exit(err)
+
+
+def console_main(hydra_main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` entry point as a console script: Hydra's own errors (an unknown key or
+    config option, a malformed override) are user errors too, one line and exit status 2, as are those
+    of a multirun's jobs (raised after the sweep); a crash keeps its traceback and exit status 1.
+    """
+    traces = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for full tracebacks
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then lets errors through instead of printing them and exiting 1
+    try:
+        hydra_main()
+    except USER_ERRORS as err:
+        if traces:
+            raise
+        user_error_exit(err)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Hashable
+from typing import Hashable, Literal, get_args
 
 import torch
 from torchmetrics import Metric
 
-RELEVANCES = ("linear", "inverse_log", "binary")
+Relevance = Literal["linear", "inverse_log", "binary"]
+RELEVANCES = get_args(Relevance)
 
 
 def relevance_of(rank: int, n: int, kind: str = "linear") -> float:

@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from tagrank import CONF_DIR
-from tagrank.config import instantiate, run_cli
+from tagrank.config import console_main, instantiate, run_cli
 from tagrank.data.convert import SKIPPED
 from tagrank.data.download import download_dataset
 from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, atomic_write_text, dataset_stats, read_manifest
@@ -98,8 +98,12 @@ def prepare(cfg: DictConfig) -> dict | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
-def main(cfg: DictConfig) -> dict | None:
+def hydra_main(cfg: DictConfig) -> dict | None:
     return run_cli(prepare, cfg)
+
+
+def main() -> None:
+    console_main(hydra_main)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+import tagrank.config  # noqa: F401  (registers the Trainer schema that conf/trainer/default.yaml builds on)
 from tagrank import CONF_DIR
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -170,8 +170,8 @@ def test_datamodule_bad_settings_are_clear(tmp_path):
         _module(tmp_path, n_train="x")
     with pytest.raises(TagrankError, match="not an importable class"):
         RankedTagDataModule("tagrank.data.nothing.Here", str(tmp_path))
-    with pytest.raises(TagrankError, match="the val split is empty"):
-        _module(tmp_path, n_val=0).setup()
+    with pytest.raises(TagrankError, match="data.n_val=0: expected >= 1"):  # before anything is built
+        _module(tmp_path, n_val=0)
     with pytest.raises(TagrankError, match="min_tag_count=1000"):
         RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), min_tag_count=1000,
                             n_train=8, n_val=3, n_test=3, image_size=32).setup()

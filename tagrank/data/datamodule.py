@@ -28,7 +28,7 @@ from tagrank.data.convert import IMAGE_ERRORS
 from tagrank.data.records import MANIFEST, SPLITS, VOCAB, Record, Vocabulary, read_manifest
 from tagrank.data.samplers import EvalSampler, ShuffleSampler, trained_batches
 from tagrank.data.source import Source, ensure_built
-from tagrank.config import describe_type, value_matches
+from tagrank.config import NonNegativeInt, PositiveInt, check_value
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")
@@ -89,13 +89,12 @@ def make_source(class_path: str, args: dict[str, Any]) -> Source:
     if not (isinstance(cls, type) and issubclass(cls, Source)):
         raise TagrankError(f"data.source={class_path!r} is not a tagrank.data.source.Source")
     names = {f.name for f in fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     for key, value in args.items():
         if key not in names:
             raise TagrankError(f"data.{key} is not a setting of data.source={class_path}; expected one of "
                                f"{sorted(names)} or a DataModule setting")
-        if not value_matches(value, hints.get(key, Any)):
-            raise TagrankError(f"data.{key}={value!r} has the wrong type: expected {describe_type(hints.get(key))}")
+        check_value(f"data.{key}", value, hints.get(key, Any))
     missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in args]
     if missing:
         raise TagrankError(f"data={cls.name}: set {', '.join('data.' + m for m in missing)} (e.g. data.{missing[0]}=/path)")
@@ -110,8 +109,8 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
     can wait until :meth:`start_images` (the fine-tuning callback calls it just before the switch).
     """
 
-    def __init__(self, source: str, cache_dir: str, min_tag_count: int = 1, batch_size: int = 16,
-                 eval_batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False,
+    def __init__(self, source: str, cache_dir: str, min_tag_count: PositiveInt = 1, batch_size: PositiveInt = 16,
+                 eval_batch_size: PositiveInt = 64, num_workers: NonNegativeInt = 0, pin_memory: bool = False,
                  **source_args: Any) -> None:
         super().__init__()
         self.source = make_source(source, source_args)

@@ -170,6 +170,12 @@ class SyntheticSource(Source):
     later_settings = {"class_zipf": 0.0, "scenes": 0, "scene_purity": 0.8}
 
     def __post_init__(self) -> None:
+        lowest = {"n_train": 1, "n_val": 1, "n_test": 1, "image_size": 1, "min_objects": 1, "noise": 0, "min_importance": 0}
+        for key, low in lowest.items():
+            if getattr(self, key) < low:
+                raise TagrankError(f"data.{key}={getattr(self, key)}: expected >= {low}")
+        if self.max_objects < self.min_objects:
+            raise TagrankError(f"data.max_objects={self.max_objects}: expected >= data.min_objects={self.min_objects}")
         if self.class_zipf < 0:
             raise TagrankError(f"data.class_zipf={self.class_zipf}: expected >= 0 (0: uniform classes)")
         if not 0 <= self.scenes <= len(CLASSES):

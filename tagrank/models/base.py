@@ -12,14 +12,17 @@ Subclasses take plain hyperparameters only (numbers, strings, lists) and call
 from __future__ import annotations
 
 import warnings
+from typing import Annotated
 
 import torch
+from annotated_types import Interval
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
 from tagrank.callbacks import StagedFinetuning, diverged_message
+from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
-from tagrank.metrics import RankingMetrics
+from tagrank.metrics import RankingMetrics, Relevance
 from tagrank.models.backbones import build_backbone
 
 # The ranking metrics are logged with sync_dist=False on purpose: torchmetrics has already reduced their
@@ -32,8 +35,8 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 
 
 class RankedTagger(LightningModule):
-    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: int = 10,
-                 relevance: str = "linear") -> None:
+    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: PositiveInt = 10,
+                 relevance: Relevance = "linear") -> None:
         super().__init__()
         self.num_tags, self.top_k = num_tags, top_k
         self.backbone = build_backbone(backbone)
@@ -118,7 +121,7 @@ class RankedTagger(LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.rank(batch)
 
-    def _log_metrics(self, stage: str, metrics: RankingMetrics) -> None:
+    def _log_metrics(self, stage: str, metrics: RankingMetrics) -> dict[str, torch.Tensor]:
         values = metrics.compute()  # already reduced across processes by torchmetrics (exact sum states)
         loss = self.val_loss if stage == "val" else self.test_loss
         with warnings.catch_warnings():  # computed on every rank (it syncs), also one that saw no image
@@ -129,6 +132,7 @@ class RankedTagger(LightningModule):
         self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()}, sync_dist=False)
         metrics.reset()
         loss.reset()
+        return values
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
@@ -145,21 +149,47 @@ class RankedTagger(LightningModule):
             self.test_predictions = [p for shard in shards for p in shard]
 
 
+Factor = Annotated[float, Interval(gt=0, lt=1)]  # the learning rate is multiplied by it on a plateau
+
+
 class RecurrentTagger(RankedTagger):
     """The paper's training recipe, shared by both recurrent methods (``lstm``, ``naive_rnn``): Adam on
     everything but the backbone, the learning rate halved when val NDCG stops improving, and the staged
     fine-tuning of the backbone. Subclasses save ``lr``, ``betas``, ``eps``, ``lr_factor``,
     ``lr_patience`` and ``finetune_*`` as hyperparameters.
+
+    The plateau is stepped after each validation with its own ``val/ndcg_mean`` (``lr_patience`` counts
+    validations, as early stopping's patience does), not by Lightning at each epoch end, where the last
+    value would be missing before the first validation and stale after an epoch without one
+    (``trainer.max_steps``, ``check_val_every_n_epoch``). Its state travels in the checkpoint.
     """
+
+    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+    _plateau_state: dict | None = None
 
     def configure_optimizers(self):
         params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
         hp = self.hparams
         optimizer = torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=hp.lr_factor,
-                                                               patience=hp.lr_patience)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/ndcg_mean", "strict": False}}
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=hp.lr_factor,
+                                                                  patience=hp.lr_patience)
+        if self._plateau_state:  # resuming: on_load_checkpoint runs before this
+            self.plateau.load_state_dict(self._plateau_state)
+        return optimizer
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_metrics("val", self.val_metrics)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking and self.plateau is not None:
+            self.plateau.step(float(values["ndcg_mean"]))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.plateau is not None:
+            checkpoint["lr_plateau"] = self.plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._plateau_state = checkpoint.get("lr_plateau")
 
     def configure_callbacks(self):
         if self.hparams.finetune_after_steps > 0:

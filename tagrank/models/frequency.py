@@ -17,6 +17,8 @@ import warnings
 
 import torch
 
+from tagrank.config import PositiveInt
+from tagrank.metrics import Relevance
 from tagrank.models.base import RankedTagger
 
 # There is nothing to optimise: Lightning says so once per fit.
@@ -24,8 +26,8 @@ warnings.filterwarnings("ignore", message=r".*configure_optimizers. returned .No
 
 
 class FrequencyPrior(RankedTagger):
-    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: int = 10,
-                 relevance: str = "linear") -> None:
+    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: PositiveInt = 10,
+                 relevance: Relevance = "linear") -> None:
         super().__init__(num_tags, backbone, top_k, relevance)
         self.save_hyperparameters()
         self.automatic_optimization = False

@@ -11,15 +11,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tagrank.models.base import RecurrentTagger, greedy_distinct
+from tagrank.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from tagrank.metrics import Relevance
+from tagrank.models.base import Factor, RecurrentTagger, greedy_distinct
 
 
 class LSTMTagger(RecurrentTagger):
-    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", proj_dim: int = 100,
-                 hidden_size: int = 300, dropout: float = 0.5, lr: float = 4e-4,
-                 betas: tuple[float, float] = (0.8, 0.999), eps: float = 1e-8, lr_factor: float = 0.5,
-                 lr_patience: int = 2, finetune_after_steps: int = 7500, finetune_lr: float = 1e-5,
-                 finetune_weight_decay: float = 1e-3, top_k: int = 10, relevance: str = "linear") -> None:
+    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", proj_dim: PositiveInt = 100,
+                 hidden_size: PositiveInt = 300, dropout: Fraction = 0.5, lr: PositiveFloat = 4e-4,
+                 betas: tuple[float, float] = (0.8, 0.999), eps: PositiveFloat = 1e-8, lr_factor: Factor = 0.5,
+                 lr_patience: NonNegativeInt = 2, finetune_after_steps: NonNegativeInt = 7500,
+                 finetune_lr: PositiveFloat = 1e-5, finetune_weight_decay: NonNegativeFloat = 1e-3,
+                 top_k: PositiveInt = 10, relevance: Relevance = "linear") -> None:
         super().__init__(num_tags, backbone, top_k, relevance)
         self.save_hyperparameters()
         self.proj = nn.Linear(self.feature_dim, proj_dim)

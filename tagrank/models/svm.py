@@ -22,14 +22,17 @@ per-image scaling with no statistics to estimate, the usual preparation of CNN f
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
+from tagrank.config import PositiveFloat, PositiveInt
+from tagrank.metrics import Relevance
 from tagrank.models.base import RankedTagger
 
-LOSSES = ("hinge", "squared_hinge")
-SCALINGS = ("l2", "none")
+Loss = Literal["hinge", "squared_hinge"]
+Scaling = Literal["l2", "none"]
 
 
 def hinge(margin: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
@@ -46,16 +49,12 @@ def presence(target: torch.Tensor, num_tags: int) -> torch.Tensor:
 
 
 class LinearSVM(RankedTagger):
-    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", C: float = 10.0, loss: str = "hinge",
-                 scaling: str = "l2", lr: float = 0.01, top_k: int = 10, relevance: str = "linear") -> None:
+    # The settings' types and ranges are checked from this signature before anything is built.
+    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", C: PositiveFloat = 10.0,
+                 loss: Loss = "hinge", scaling: Scaling = "l2", lr: PositiveFloat = 0.01, top_k: PositiveInt = 10,
+                 relevance: Relevance = "linear") -> None:
         super().__init__(num_tags, backbone, top_k, relevance)
         self.save_hyperparameters()
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r} is unknown; expected one of {LOSSES}")
-        if scaling not in SCALINGS:
-            raise ValueError(f"scaling={scaling!r} is unknown; expected one of {SCALINGS}")
-        if C <= 0:
-            raise ValueError(f"C must be > 0, got {C}")
         self.linear = nn.Linear(self.feature_dim, num_tags)
         nn.init.zeros_(self.linear.weight)  # the SVM problem is convex: start at w = 0 like liblinear
         nn.init.zeros_(self.linear.bias)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from tagrank.models.svm import LinearSVM, hinge
+from tagrank.config import PositiveFloat, PositiveInt
+from tagrank.metrics import Relevance
+from tagrank.models.svm import LinearSVM, Loss, Scaling, hinge
 
 
 def grades(target: torch.Tensor, num_tags: int) -> torch.Tensor:
@@ -38,8 +40,9 @@ def pairwise_hinge(scores: torch.Tensor, target: torch.Tensor, kind: str = "hing
 
 
 class RankSVM(LinearSVM):
-    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", C: float = 1.0, loss: str = "hinge",
-                 scaling: str = "l2", lr: float = 0.01, top_k: int = 10, relevance: str = "linear") -> None:
+    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", C: PositiveFloat = 1.0,
+                 loss: Loss = "hinge", scaling: Scaling = "l2", lr: PositiveFloat = 0.01, top_k: PositiveInt = 10,
+                 relevance: Relevance = "linear") -> None:
         super().__init__(num_tags, backbone, C, loss, scaling, lr, top_k, relevance)
 
     def data_term(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
