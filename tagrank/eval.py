@@ -15,27 +15,14 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tagrank import CONF_DIR
-from tagrank.config import run_cli
+from tagrank.config import console_main, instantiate, run_cli
 from tagrank.errors import TagrankError
-from tagrank.pipeline import attach_inputs, build_data, build_trainer, report
+from tagrank.pipeline import attach_inputs, build_trainer, check_backbone, checkpoint_class, report
 
 log = logging.getLogger("tagrank")
-
-
-def load_checkpoint(path: Path) -> L.LightningModule:
-    """Rebuild the module a checkpoint was written by, from the checkpoint alone (weights_only)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise TagrankError(f"{path}: not a readable checkpoint ({str(err).strip().splitlines()[0][:200]})") from err
-    if "tagrank_class" not in ckpt:
-        raise TagrankError(f"{path}: not a tagrank checkpoint (no 'tagrank_class' entry)")
-    cls = hydra.utils.get_class(ckpt["tagrank_class"])
-    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -56,13 +43,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             raise TagrankError(f"{run_cfg_path} not found: pass data=<name> and backbone=<name> for this checkpoint")
 
     L.seed_everything(cfg.seed, workers=True)
-    model = load_checkpoint(ckpt)
-    dm = build_data(cfg)
+    # Settings first, data after (as in tagrank-train); the model is rebuilt from the checkpoint alone.
+    model_class = hydra.utils.get_class(checkpoint_class(ckpt))
+    dm = instantiate(cfg.data, "data")
+    check_backbone(cfg)
+    trainer = build_trainer(cfg)
+    model = model_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    dm.setup()
     if dm.num_tags != model.num_tags:
         raise TagrankError(f"{ckpt}: the model predicts {model.num_tags} tags but data={cfg.data.source} "
                            f"has a vocabulary of {dm.num_tags}; evaluate on the data it was trained on")
     attach_inputs(cfg, dm, model, need_images=False)
-    trainer = build_trainer(cfg)
     loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
     # The test loop collects predictions; pointed at the val loader it scores the val split.
     metrics = trainer.test(model, dataloaders=loader, verbose=False)[0]
@@ -75,8 +66,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_cli(evaluate, cfg)
+
+
+def main() -> None:
+    console_main(hydra_main)
 
 
 if __name__ == "__main__":

@@ -14,19 +14,21 @@ from typing import Any
 
 import torch
 from lightning import LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tagrank.callbacks import NonFiniteGuard, RandomState, SlurmRequeue
-from tagrank.config import instantiate
+from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features
 from tagrank.data.records import atomic_write
+from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, format_table
-from tagrank.models.backbones import load_pretrained, resolve_weights
+from tagrank.models.backbones import BACKBONES, load_pretrained, resolve_weights
 
 log = logging.getLogger("tagrank")
 
@@ -39,10 +41,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def build_data(cfg: DictConfig) -> RankedTagDataModule:
-    dm = instantiate(cfg.data, "data")
-    dm.prepare_data()
+    dm = instantiate(cfg.data, "data")  # settings checked; nothing read or built yet
     dm.setup()
     return dm
+
+
+def check_backbone(cfg: DictConfig) -> None:
+    """The backbone group's settings, checked before any data work (its weights file: ``resolve_weights``)."""
+    node = cfg.backbone
+    if node.name not in BACKBONES:
+        raise TagrankError(f"backbone.name={node.name!r} is unknown; expected one of {sorted(BACKBONES)}")
+    for key in ("image_size", "feature_batch_size"):
+        check_value(f"backbone.{key}", node[key], PositiveInt)
+
+
+def checkpoint_class(path: Path) -> str:
+    """The class that wrote a tagrank checkpoint (its ``tagrank_class`` entry); the tensors are not read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise TagrankError(f"{path}: not a readable checkpoint ({str(err).strip().splitlines()[0][:200]})") from err
+    if "tagrank_class" not in ckpt:
+        raise TagrankError(f"{path}: not a tagrank checkpoint (no 'tagrank_class' entry)")
+    return ckpt["tagrank_class"]
 
 
 def build_model(cfg: DictConfig, num_tags: int) -> LightningModule:
@@ -102,8 +123,6 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:
     for name, node in (cfg.get("logger") or {}).items():
         if node:
             extra = wandb_run_args(node, cfg) if node.get("_target_") == WANDB_TARGET else {}
-            if node.get("_target_") == CSV_TARGET:
-                keep_previous_csv(node)
             loggers.append(instantiate(node, f"logger.{name}", **extra))
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
@@ -115,27 +134,32 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:
     return instantiate(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
-CSV_TARGET = "lightning.pytorch.loggers.CSVLogger"
-
-
-def keep_previous_csv(node: DictConfig) -> None:
+def keep_previous_csv(trainer: Trainer) -> None:
     """A resumed run writes into the same csv/ folder, where CSVLogger would delete the metrics.csv of
-    the sessions before; keep it as metrics-1.csv, metrics-2.csv, ... instead (rank 0 only)."""
-    if rank_zero_only.rank != 0 or node.get("version") is None:
-        return
-    folder = Path(node.save_dir) / str(node.get("name") or "") / str(node.version)
-    if (folder / "metrics.csv").is_file():
-        n = 1 + len(list(folder.glob("metrics-*.csv")))
-        os.replace(folder / "metrics.csv", folder / f"metrics-{n}.csv")
+    the sessions before when fitting starts; keep it as metrics-1.csv, metrics-2.csv, ... instead (rank 0).
+
+    Called just before ``fit``, once every check has passed: a run that fails to start leaves the
+    folder of the run it resumed as it was.
+    """
+    for logger in trainer.loggers if rank_zero_only.rank == 0 else []:
+        folder = Path(logger.log_dir) if isinstance(logger, CSVLogger) else None
+        if folder is not None and (folder / "metrics.csv").is_file():
+            n = 1 + len(list(folder.glob("metrics-*.csv")))
+            os.replace(folder / "metrics.csv", folder / f"metrics-{n}.csv")
 
 
 def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, float], out_dir: Path,
            title: str, split: str = "test") -> dict[str, float]:
-    """Print the Table-1 row of this run and write ``metrics.json`` and ``predictions.jsonl``."""
+    """Print the Table-1 row of this run and write ``metrics.json`` and ``predictions.jsonl``.
+
+    The frequency prior beside it is scored on exactly the images the model was (all of the split, or
+    the first ones under ``trainer.limit_test_batches``).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("test/")}
-    prior = frequency_prior(dm, split, model.top_k, model.test_metrics.relevance)
+    scored = sorted(row for row, _ in model.test_predictions)
+    prior = frequency_prior(dm, scored, model.top_k, model.test_metrics.relevance)
     print(format_table(test, model.top_k, title=title))
     print(format_table(prior, model.top_k, title="frequency prior (training tags by frequency, same for every image)"))
     summary = {"split": split, "metrics": test, "frequency_prior": prior}
@@ -149,9 +173,9 @@ def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, f
     return test
 
 
-def frequency_prior(dm: RankedTagDataModule, split: str, k: int, relevance: str = "linear") -> dict[str, float]:
-    """The floor any method must beat: the training split's most frequent tags, in order, for every image."""
-    rows = dm.rows(split)
+def frequency_prior(dm: RankedTagDataModule, rows: list[int], k: int, relevance: str = "linear") -> dict[str, float]:
+    """The floor any method must beat: the training split's most frequent tags, in order, for every image
+    (scored on the manifest ``rows``)."""
     metric = RankingMetrics(k, relevance, sync_on_compute=False)  # computed on one process (rank 0 under DDP)
     prior = torch.arange(min(k, len(dm.vocab))).expand(len(rows), -1)
     metric.update(prior, dm.targets[rows])

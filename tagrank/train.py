@@ -6,9 +6,9 @@
     tagrank-train trainer=gpu | trainer=ddp | logger=wandb
     tagrank-train -m seed=1,2,3 | hparams_search=lstm_optuna [launcher=slurm]   # sweeps
 
-Reads top to bottom: compose config -> data (built once, cached) -> model with pretrained backbone ->
-features (cached) -> fit -> test best checkpoint -> table + metrics.json. Returns the metric a sweeper
-optimises (``optimized_metric``, default ``val/ndcg_mean``).
+Reads top to bottom: compose config -> check every setting that needs no data -> data (built once,
+cached) -> model with pretrained backbone -> features (cached) -> fit -> test best checkpoint -> table
++ metrics.json. Returns the metric a sweeper optimises (``optimized_metric``, default ``val/ndcg_mean``).
 """
 
 from __future__ import annotations
@@ -24,25 +24,37 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tagrank import CONF_DIR
-from tagrank.config import in_multirun, run_cli
+from tagrank.config import check_node, console_main, in_multirun, instantiate, run_cli
 from tagrank.dashboard import check_wandb, log_config
 from tagrank.errors import TagrankError
-from tagrank.pipeline import attach_inputs, build_data, build_model, build_trainer, planned_steps, report
+from tagrank.models.backbones import resolve_weights
+from tagrank.pipeline import (attach_inputs, build_model, build_trainer, check_backbone, checkpoint_class,
+                              keep_previous_csv, planned_steps, report)
 
 log = logging.getLogger("tagrank")
 
 
 def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
+    # Every setting that can be checked without data is checked first: a mistake costs seconds, not a
+    # dataset build. Nothing is written into a run directory being resumed before these pass.
     check_wandb(cfg)
     ckpt_path = resume_point(cfg)
+    dm = instantiate(cfg.data, "data")  # its settings and the source's (nothing read yet)
+    check_node(cfg.model, "model")  # the model itself is built once the vocabulary size is known
+    check_backbone(cfg)
+    resolve_weights(cfg.backbone.name, cfg.backbone.weights)
+    trainer = build_trainer(cfg)  # Lightning checks its own arguments
+    refuse_ddp_relaunch_in_multirun(trainer)
     out_dir = Path(cfg.paths.output_dir)
 
-    dm = build_data(cfg)
+    dm.setup()
     model = build_model(cfg, dm.num_tags)
+    if ckpt_path:
+        check_weights_fit(ckpt_path, model)
     finetune_at = model.hparams.get("finetune_after_steps", 0)
     need_images = 0 < finetune_at < planned_steps(cfg, dm)
     if finetune_at > 0 and not need_images:
@@ -53,11 +65,11 @@ def train(cfg: DictConfig) -> float | None:
     with extraction_device(cfg, model), torch.random.fork_rng(devices=[]):
         attach_inputs(cfg, dm, model, need_images)
 
-    trainer = build_trainer(cfg)
     try:
-        refuse_ddp_relaunch_in_multirun(trainer)
         log_config(trainer, cfg)
+        keep_previous_csv(trainer)
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        validate_if_never_validated(trainer, model, dm)
         fitted = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test") and not trainer.fast_dev_run:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -76,7 +88,8 @@ def resume_point(cfg: DictConfig) -> str | None:
     """The checkpoint this run resumes from, and the run directory it continues.
 
     ``ckpt_path=<run>/checkpoints/last.ckpt`` continues ``<run>`` itself: its checkpoints (so the best
-    checkpoint is still tracked), logs and W&B run (``<run>/wandb_id``). Under SLURM a requeued job
+    checkpoint is still tracked), logs and W&B run (``<run>/wandb_id``). The checkpoint must have been
+    written by the configured model's class (the ``tagrank_class`` it carries). Under SLURM a requeued job
     resumes by itself from the newer of the preemption checkpoint ``<run>/hpc_ckpt_N.ckpt``
     (which Lightning picks up when ckpt_path is None) and ``<run>/checkpoints/last.ckpt``.
     """
@@ -84,6 +97,10 @@ def resume_point(cfg: DictConfig) -> str | None:
         ckpt = Path(cfg.ckpt_path).expanduser().resolve()
         if not ckpt.is_file():
             raise TagrankError(f"ckpt_path={cfg.ckpt_path!r} does not exist; pass <run>/checkpoints/last.ckpt to resume")
+        written_by, wanted = checkpoint_class(ckpt), cfg.model._target_
+        if written_by != wanted:
+            raise TagrankError(f"ckpt_path={cfg.ckpt_path} was written by {written_by.rsplit('.', 1)[-1]}, not "
+                               f"{wanted.rsplit('.', 1)[-1]}: resume with model={model_option(written_by)}")
         run_dir = ckpt.parent.parent
         if ckpt.parent.name == "checkpoints" and run_dir != Path(cfg.paths.output_dir).resolve():
             log.info("resuming run %s (its checkpoints, logs and W&B run continue there)", run_dir)
@@ -98,6 +115,53 @@ def resume_point(cfg: DictConfig) -> str | None:
             log.info("SLURM job restarted: resuming from %s", last)
             return str(last)
     return None  # under SLURM with a newer hpc_ckpt_N.ckpt, Lightning resumes from it by itself
+
+
+def model_option(class_path: str) -> str:
+    """The ``model=`` option (conf/model/<name>.yaml) that builds ``class_path``."""
+    for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
+        if OmegaConf.load(path).get("_target_") == class_path:
+            return path.stem
+    return f"<a config whose _target_ is {class_path}>"
+
+
+def check_weights_fit(ckpt_path: str, model: L.LightningModule) -> None:
+    """A checkpoint of the same class whose weights have other shapes (another ``model.hidden_size``,
+    another vocabulary) would fail deep inside Lightning's restore: name the settings that differ."""
+    theirs = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    mine = model.state_dict()
+    misfits = [k for k, v in theirs["state_dict"].items() if k in mine and mine[k].shape != v.shape]
+    if not misfits:
+        return
+    hp = theirs.get("hyper_parameters", {})
+    differ = [f"{k}={hp[k]!r} there, {model.hparams[k]!r} here" for k in hp if k in model.hparams and hp[k] != model.hparams[k]]
+    raise TagrankError(f"ckpt_path={ckpt_path}: its weights do not fit this model ({'; '.join(differ) or misfits[0]}); "
+                       "resume with the settings it was trained with")
+
+
+def validate_if_never_validated(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModule) -> None:
+    """Give a run that ended before its first validation a best.ckpt: its final weights, validated now.
+
+    ``trainer.max_steps`` below one epoch, ``check_val_every_n_epoch`` beyond ``max_epochs`` or a
+    ``val_check_interval`` beyond the run end training without a validation, so early stopping and the
+    learning-rate plateau had nothing to compare (they act on validations only) and no checkpoint was
+    selected. With validation turned off (``limit_val_batches=0``) the final weights are tested as they are.
+    """
+    ckpt = trainer.checkpoint_callback
+    if trainer.fast_dev_run or ckpt is None or ckpt.monitor is None or ckpt.best_model_path:
+        return
+    if not trainer.limit_val_batches:
+        log.info("validation is off (trainer.limit_val_batches=0): no checkpoint is selected, the final weights "
+                 "are tested")
+        return
+    trainer.validate(model, datamodule=dm, verbose=False, weights_only=True)
+    metrics = {**trainer.callback_metrics, "epoch": torch.tensor(trainer.current_epoch),
+               "step": torch.tensor(trainer.global_step)}
+    path = ckpt.format_checkpoint_name(metrics)
+    trainer.save_checkpoint(path)
+    ckpt.best_model_path, ckpt.best_model_score = path, metrics[ckpt.monitor]
+    log.info("no validation during the %d training steps: validated the final weights (%s %.4f) and saved them as %s",
+             trainer.global_step, ckpt.monitor, float(ckpt.best_model_score), path)
 
 
 @contextmanager
@@ -143,8 +207,12 @@ def _finish_wandb() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     return run_cli(train, cfg)
+
+
+def main() -> None:
+    console_main(hydra_main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Runs a user can trust (issue 12): any Trainer setting works, mistakes are named before any data work,
+a resume with the wrong model changes nothing, and the prior is scored on the images the model was."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import json
+import subprocess
+
+import lightning
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+from tagrank.errors import TagrankError
+from tagrank.metrics import RankingMetrics
+from tagrank.pipeline import build_data
+from tagrank.train import train
+
+from .conftest import TINY, compose_cfg
+
+# TINY trains 6 steps an epoch (96 images, batch 16) for 2 epochs.
+
+
+@pytest.mark.parametrize("limits", [
+    ["trainer.max_steps=3"],  # below one epoch
+    ["trainer.check_val_every_n_epoch=3"],  # 2 epochs, a validation every 3rd
+    ["trainer.max_epochs=-1", "trainer.max_steps=5", "trainer.check_val_every_n_epoch=null",
+     "trainer.val_check_interval=8"],  # validation every 8 steps, 5 of them
+], ids=["max_steps", "check_val_every_n_epoch", "val_check_interval"])
+def test_a_run_that_ends_before_any_validation_validates_and_tests_its_final_weights(limits, tmp_path, cache_dir, caplog):
+    with caplog.at_level("INFO", logger="tagrank"):
+        value = train(compose_cfg(TINY + limits, tmp_path, cache_dir))
+    said = [r.getMessage() for r in caplog.records if "no validation" in r.getMessage()]
+    assert len(said) == 1 and "validated the final weights" in said[0] and "best.ckpt" in said[0]
+    best = torch.load(tmp_path / "checkpoints/best.ckpt", weights_only=True)
+    last = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
+    assert best["global_step"] == last["global_step"] > 0
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())  # the final weights
+    assert f"val/ndcg_mean {value:.4f}" in said[0]  # what a sweeper gets is their validation
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["n_images"] == 48
+
+
+def test_the_learning_rate_plateau_counts_validations_not_epoch_ends(tmp_path, cache_dir):
+    # 4 epochs with a validation after every 2nd; with patience 0 every validation that does not beat
+    # the best so far halves the learning rate, and nothing else may (an epoch end without a validation
+    # brings no new value).
+    train(compose_cfg(TINY + ["trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2", "model.lr_patience=0",
+                              "callbacks.early_stopping=null"], tmp_path, cache_dir))
+    with open(tmp_path / "csv/metrics.csv") as f:
+        scores = [float(row["val/ndcg_mean"]) for row in csv.DictReader(f) if row.get("val/ndcg_mean")]
+    assert len(scores) == 2
+    halvings = sum(score <= max(scores[:i]) * (1 + 1e-4) for i, score in enumerate(scores) if i > 0)
+    last = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(4e-4 * 0.5**halvings)
+
+
+def test_every_trainer_argument_is_a_setting_and_the_prior_is_scored_on_the_model_s_images(tmp_path, cache_dir):
+    cfg = compose_cfg(TINY + ["trainer.limit_val_batches=1", "trainer.limit_test_batches=2", "data.eval_batch_size=16"],
+                      tmp_path, cache_dir)
+    from tagrank.config import NOT_TRAINER_SETTINGS  # (imported here: the test runs against older code too)
+
+    arguments = set(inspect.signature(lightning.Trainer.__init__).parameters) - set(NOT_TRAINER_SETTINGS)
+    assert arguments <= set(cfg.trainer)  # trainer.<any of them>= needs no +
+    train(cfg)
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    images = [json.loads(line)["image"] for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert result["metrics"]["n_images"] == len(images) == 32  # 2 test batches of 16
+    dm = build_data(cfg)
+    rows = [i for i, r in enumerate(dm.records) if r.image in set(images)]
+    prior = RankingMetrics(10, sync_on_compute=False)
+    prior.update(torch.arange(10).expand(len(rows), -1), dm.targets[rows])
+    assert result["frequency_prior"] == pytest.approx({k: float(v) for k, v in prior.compute().items()})
+
+
+def _tree(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_resuming_with_other_model_settings_stops_at_once_and_leaves_the_run_untouched(tmp_path, cache_dir, cli_env):
+    run = tmp_path / "run"
+    train(compose_cfg(TINY + ["trainer.max_epochs=1"], run, cache_dir))
+    before = _tree(run)
+    last = run / "checkpoints/last.ckpt"
+    proc = subprocess.run(["tagrank-train", *TINY, "model=naive_rnn", f"ckpt_path={last}"], capture_output=True,
+                          text=True, env=cli_env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (f"tagrank: error: ckpt_path={last} was written by LSTMTagger, "
+                                                   "not NaiveRNN: resume with model=lstm")
+    assert "Traceback" not in proc.stderr
+    assert _tree(run) == before  # metrics.csv not renamed, nothing written
+    with pytest.raises(TagrankError) as err:  # the same class, other shapes
+        train(compose_cfg(TINY + ["model.hidden_size=64", f"ckpt_path={last}"], tmp_path / "again", cache_dir))
+    assert str(err.value) == (f"ckpt_path={last}: its weights do not fit this model (hidden_size=300 there, 64 here); "
+                              "resume with the settings it was trained with")
+    assert _tree(run) == before
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("data.batch_size=-4", "data.batch_size=-4 is out of range: expected int > 0"),
+    ("data.num_workers=x", "data.num_workers='x' has the wrong type: expected int"),
+    ("data.n_train=0", "data.n_train=0: expected >= 1"),
+    ("trainer.max_steps=-5", "trainer: `max_steps` must be a non-negative integer or -1"),
+    ("trainer.limit_val_batches=1.5", "limit_val_batches, it has to be in [0.0, 1.0] or an int"),
+    ("model.dropout=2", "model.dropout=2 is out of range: expected float >= 0 and < 1"),
+    ("model.lr=-1e-3", "model.lr=-0.001 is out of range: expected float > 0"),
+    ("model.relevance=lin", "model.relevance='lin' is not one of ['linear', 'inverse_log', 'binary']"),
+    ("backbone.image_size=0", "backbone.image_size=0 is out of range: expected int > 0"),
+    ("backbone.weights=/nowhere/w.pth", "backbone.weights='/nowhere/w.pth' does not exist"),
+    ("ckpt_path=/nowhere/last.ckpt", "ckpt_path='/nowhere/last.ckpt' does not exist"),
+])
+def test_every_setting_is_checked_before_any_data_work(setting, message, tmp_path):
+    cache = tmp_path / "cache"  # stays empty: no dataset is built, no feature computed
+    with pytest.raises(TagrankError) as err:
+        train(compose_cfg(TINY + [setting], tmp_path / "run", cache))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_stesp=5", "trainer.max_stesp is not a setting of trainer; expected one of ['accelerator', 'strategy'"),
+    ("callbacks.early_stoping.patience=2", "callbacks.early_stoping is not a setting of callbacks; expected one of "
+                                           "['model_checkpoint', 'early_stopping'"),
+    ("model=lsmt", "In 'train': Could not find 'model/lsmt'; Available options in 'model': frequency; lstm; naive_rnn"),
+    ("trainer.max_steps=[5", "trainer.max_steps=[5: "),
+])
+def test_hydra_errors_are_one_line_naming_what_there_is(override, message, tmp_path):
+    from tagrank.config import user_message  # (imported here: the other tests run against older code too)
+
+    with pytest.raises(Exception) as err:
+        compose_cfg([override], tmp_path, tmp_path)
+    assert user_message(err.value).startswith(message) and "\n" not in user_message(err.value)
+
+
+def test_console_scripts_exit_2_for_hydra_errors_and_keep_a_crash_s_traceback(monkeypatch, capsys):
+    from tagrank.config import console_main  # (imported here: the other tests run against older code too)
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # console_main sets it for the process; restored afterwards
+
+    def bad_override():
+        raise ConfigCompositionException("Could not override 'x'.\nTo append to your config use +x=1")
+
+    with pytest.raises(SystemExit) as stop:
+        console_main(bad_override)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "tagrank: error: Could not override 'x'.; To append to your config use +x=1\n"
+
+    def crash():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):  # the traceback reaches the user, exit status 1
+        console_main(crash)
