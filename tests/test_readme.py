@@ -100,6 +100,7 @@ EVERYDAY_RUN = [
     "tagrank-train logger=tensorboard",
     "tagrank-train logger=wandb",  # test_scaling.py: the offline W&B run
     "tagrank-train experiment=synthetic_finetune",
+    "tagrank-eval ckpt_path=<run>/checkpoints/best.ckpt report=true",  # test_report.py
 ]
 SLOW = EVERYDAY_RUN[2:]
 
@@ -122,7 +123,8 @@ def test_everyday_command_runs_as_written(command, quick_start, env, tmp_path):
         return
     made = run(command, tmp_path, env, run_dir=given)
     if command.startswith("tagrank-eval"):
-        assert json.loads((made / "metrics.json").read_text())["split"] == "val"
+        has(made, "metrics.json", *(["report.html"] if "report=true" in command else []))
+        assert json.loads((made / "metrics.json").read_text())["split"] == ("val" if "split=val" in command else "test")
     elif "debug=fdr" in command:
         has(made, ".hydra/config.yaml")  # one batch of each stage: no checkpoint, no test
     else:
