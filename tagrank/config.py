@@ -165,7 +165,8 @@ def register_trainer_schema() -> None:
     fields = [("_target_", str, dataclasses.field(default="lightning.Trainer"))]
     fields += [(p.name, Any, dataclasses.field(default=p.default if isinstance(p.default, (bool, int, float, str))
                                                else None)) for p in params]
-    ConfigStore.instance().store(group="schema", name="trainer", node=dataclasses.make_dataclass("TrainerSchema", fields))
+    schema = dataclasses.make_dataclass("TrainerSchema", fields)
+    ConfigStore.instance().store(group="schema", name="trainer", node=schema)
 
 
 register_trainer_schema()

@@ -134,7 +134,8 @@ def check_weights_fit(ckpt_path: str, model: L.LightningModule) -> None:
     if not misfits:
         return
     hp = theirs.get("hyper_parameters", {})
-    differ = [f"{k}={hp[k]!r} there, {model.hparams[k]!r} here" for k in hp if k in model.hparams and hp[k] != model.hparams[k]]
+    differ = [f"{k}={hp[k]!r} there, {model.hparams[k]!r} here" for k in hp
+              if k in model.hparams and hp[k] != model.hparams[k]]
     raise TagrankError(f"ckpt_path={ckpt_path}: its weights do not fit this model ({'; '.join(differ) or misfits[0]}); "
                        "resume with the settings it was trained with")
 

@@ -143,7 +143,7 @@ def test_resume_from_last_checkpoint(tmp_path, cache_dir, caplog):
     (["backbone=vgg16"], "pass backbone.weights=/path/to/vgg16.pth"),
     (["ckpt_path=/nowhere/last.ckpt"], "ckpt_path='/nowhere/last.ckpt' does not exist"),
     # Hydra's own errors (more of them in test_runs.py): an unknown key names the keys there are.
-    (["model.hiden_size=5"], "model.hiden_size is not a setting of model; expected one of ['backbone', 'proj_dim', 'hidden_size'"),
+    (["model.hiden_size=5"], "model.hiden_size is not a setting of model; expected one of ['backbone', 'proj_dim'"),
     (["trainer.max_stesp=5"], "trainer.max_stesp is not a setting of trainer; expected one of ['accelerator', "),
 ])
 def test_bad_input_is_one_clear_message(args, message, cli_env, tmp_path):

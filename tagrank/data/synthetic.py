@@ -170,7 +170,8 @@ class SyntheticSource(Source):
     later_settings = {"class_zipf": 0.0, "scenes": 0, "scene_purity": 0.8}
 
     def __post_init__(self) -> None:
-        lowest = {"n_train": 1, "n_val": 1, "n_test": 1, "image_size": 1, "min_objects": 1, "noise": 0, "min_importance": 0}
+        lowest = {"n_train": 1, "n_val": 1, "n_test": 1, "image_size": 1, "min_objects": 1, "noise": 0,
+                  "min_importance": 0}
         for key, low in lowest.items():
             if getattr(self, key) < low:
                 raise TagrankError(f"data.{key}={getattr(self, key)}: expected >= {low}")
