@@ -1,7 +1,7 @@
 """Lightning callbacks that are part of tagrank's training recipe.
 
 StagedFinetuning (the paper's schedule), RandomState and NonFiniteGuard (added to every run by
-``build_trainer``: exact resumption, no diverged checkpoint), ChannelsLast (``trainer=gpu``), and the
+``build_trainer``: exact resumption, no diverged checkpoint), ChannelsLast (a default callback), and the
 dashboard callbacks MetricCurves and PredictionTable, which act only when a WandbLogger is present.
 """
 
@@ -91,7 +91,7 @@ class StagedFinetuning(BaseFinetuning):
         self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=self.lr, train_bn=True)
         optimizer.param_groups[-1]["weight_decay"] = self.weight_decay
         self._store(pl_module, 0, n_groups, optimizer.param_groups)
-        pl_module.backbone_finetuned.fill_(True)
+        pl_module.mark_finetuned()
         log.info("step %d: backbone unfrozen (lr %g, weight decay %g)", trainer.global_step, self.lr, self.weight_decay)
 
 
@@ -136,30 +136,66 @@ class RandomState(Callback):
 
 
 class NonFiniteGuard(Callback):
-    """Stop before a checkpoint can hold diverged weights: every parameter that trains must be finite.
+    """Stop a diverged run before a checkpoint can hold its weights: the training loss and every
+    parameter that trains must be finite.
 
-    The loss is checked in ``RankedTagger.training_step``; this catches the step whose update
-    overflowed the weights. It runs in ``on_train_batch_end`` before ``ModelCheckpoint`` (Lightning
-    calls checkpoint callbacks last), so ``last.ckpt`` stays the last good state.
+    Checking every step would stop the host for the device at every step (``bool(tensor)``); instead
+    the losses are kept on the device and checked, with the parameters, every ``every_n_steps`` steps,
+    before every checkpoint is written (``on_save_checkpoint`` runs before the file is: raising there
+    writes nothing) and at the end of training. So ``last.ckpt`` and ``best.ckpt`` stay the last good
+    state, and the message names the first step whose loss was not finite.
     """
 
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = every_n_steps
+        self._losses: list[torch.Tensor] = []
+        self._steps: list[tuple[int, int]] = []  # (global step, epoch) of each kept loss
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        params = [p for p in pl_module.parameters() if p.requires_grad]
-        bad = bool(params) and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
-        if trainer.strategy.reduce_boolean_decision(bad, all=False):
-            raise TagrankError(diverged_message("the weights are not finite after the update", trainer))
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._losses.append(loss.detach())
+            self._steps.append((trainer.global_step - 1, trainer.current_epoch))  # the step just taken
+        if trainer.global_step % self.every_n_steps == 0:
+            self.check(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit":
+            self.check(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.check(trainer, pl_module)
+
+    def check(self, trainer, pl_module) -> None:
+        what = None
+        if self._losses:
+            bad = ~torch.isfinite(torch.stack(self._losses))
+            if bool(bad.any()):
+                first = int(bad.nonzero()[0, 0])
+                step, epoch = self._steps[first]
+                what = (f"training diverged at step {step} (epoch {epoch}): the training loss is "
+                        f"{self._losses[first].item()}")
+            self._losses, self._steps = [], []
+        if what is None:
+            params = [p for p in pl_module.parameters() if p.requires_grad]
+            if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                what = (f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch}): "
+                        "the weights are not finite after the update")
+        # Decided together: a loss can go non-finite on one rank only.
+        if trainer.strategy.reduce_boolean_decision(what is not None, all=False):
+            raise TagrankError(diverged_message(what or "another process diverged", trainer))
 
 
 def diverged_message(what: str, trainer) -> str:
     ckpt = trainer.checkpoint_callback
     last = Path(ckpt.dirpath) / "last.ckpt" if ckpt is not None and ckpt.dirpath else None
     kept = f"the last good checkpoint is kept: {last}" if last and last.is_file() else "no checkpoint had been written"
-    return (f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch}): {what}. "
-            f"Stopped; {kept}. Train again with a lower learning rate (e.g. model.lr)")
+    return f"{what}. Stopped; {kept}. Train again with a lower learning rate (e.g. model.lr)"
 
 
 class ChannelsLast(Callback):
-    """Backbone weights and image batches in channels-last memory format (faster convolutions on GPUs)."""
+    """Backbone weights and image batches in channels-last memory format: faster convolutions on GPUs
+    and on CPUs (oneDNN prefers it; see ``make bench``). Part of the default callbacks."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         pl_module.backbone.to(memory_format=torch.channels_last)

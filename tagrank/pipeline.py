@@ -95,10 +95,10 @@ def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModu
         dm.use_features(None)
         dm.use_images(transform)
         return
+    dm.use_images(transform if need_images else None, deferred=True)  # StagedFinetuning starts them
     features = cached_features(dm, bb, cfg.backbone.name, state_digest(bb), cfg.backbone.image_size, transform,
                                batch_size=cfg.backbone.feature_batch_size, num_workers=dm.num_workers)
     dm.use_features(features)
-    dm.use_images(transform if need_images else None, deferred=True)  # StagedFinetuning starts them
 
 
 def planned_steps(cfg: DictConfig, dm: RankedTagDataModule) -> int:

@@ -182,7 +182,8 @@ def test_datamodule_batches_and_unreadable_image(tmp_path):
 
     dm = _module(tmp_path)
     dm.setup()
-    dm.use_images(image_transform(32, (0.5,) * 3, (0.5,) * 3))
+    transform = image_transform(32, (0.5,) * 3, (0.5,) * 3)
+    dm.use_images(transform)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape[1:] == (3, 32, 32)
     assert batch["target"].shape[1] == dm.max_len and (batch["target"][:, 0] >= 0).all()
@@ -191,5 +192,9 @@ def test_datamodule_batches_and_unreadable_image(tmp_path):
     ids = [i for i in batch["target"][0].tolist() if i >= 0]
     assert dm.vocab.decode(ids) == dm.records[row].tags
     dm.paths[dm.rows("val")[0]].write_bytes(b"not a jpeg")
+    with pytest.raises(TagrankError, match=r"000008.jpg: cannot read image"):
+        dm.use_images(transform)  # the decoded-image cache sees the file changed and decodes it again
+    dm.image_cache = False
+    dm.use_images(transform)
     with pytest.raises(TagrankError, match=r"000008.jpg: cannot read image"):
         next(iter(dm.val_dataloader()))

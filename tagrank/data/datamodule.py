@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import typing
-from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ import torch
 from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2 as T
 
 from tagrank.data import cache
 from tagrank.data.convert import IMAGE_ERRORS
+from tagrank.data.images import DecodedImages, ImageTransform, cached_images
 from tagrank.data.records import MANIFEST, SPLITS, VOCAB, Record, Vocabulary, read_manifest
 from tagrank.data.samplers import EvalSampler, ShuffleSampler, trained_batches
 from tagrank.data.source import Source, ensure_built
@@ -34,10 +33,9 @@ from tagrank.errors import TagrankError
 log = logging.getLogger("tagrank")
 
 
-def image_transform(image_size: int, mean: tuple, std: tuple) -> Callable:
+def image_transform(image_size: int, mean: tuple, std: tuple) -> ImageTransform:
     """Square resize (no crop: a tag may name an object at the border), then normalise."""
-    return T.Compose([T.ToImage(), T.Resize((image_size, image_size), antialias=True),
-                      T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+    return ImageTransform(image_size, mean, std)
 
 
 def load_image(path: Path) -> Image.Image:
@@ -49,18 +47,19 @@ def load_image(path: Path) -> Image.Image:
 
 
 class RankedTagDataset(Dataset):
-    """Items with cached ``features`` and/or a decoded ``image``.
+    """Items with cached ``features`` and/or an ``image``: decoded from its file, or with ``pixels`` (the
+    decoded-image cache) read from there and only normalised.
 
-    With both attached, images are decoded only while ``images_on`` (a shared-memory flag, so loader
+    With both attached, images are read only while ``images_on`` (a shared-memory flag, so loader
     worker processes see it flip) is set: a run that fine-tunes later trains on features alone until
-    shortly before the switch, instead of decoding every image it does not use.
+    shortly before the switch, instead of reading every image it does not use.
     """
 
     def __init__(self, rows: list[int], targets: torch.Tensor, paths: list[Path],
-                 features: torch.Tensor | None = None, transform: Callable | None = None,
-                 images_on: torch.Tensor | None = None) -> None:
+                 features: torch.Tensor | None = None, transform: ImageTransform | None = None,
+                 images_on: torch.Tensor | None = None, pixels: DecodedImages | None = None) -> None:
         self.rows, self.targets, self.paths = rows, targets, paths
-        self.features, self.transform = features, transform
+        self.features, self.transform, self.pixels = features, transform, pixels
         self.images_on = images_on
 
     def __len__(self) -> int:
@@ -72,7 +71,10 @@ class RankedTagDataset(Dataset):
         if self.features is not None:
             item["features"] = self.features[row]
         if self.transform is not None and (self.features is None or self.images_on is None or bool(self.images_on)):
-            item["image"] = self.transform(load_image(self.paths[row]))
+            if self.pixels is not None:
+                item["image"] = self.transform.normalize(self.pixels[row])
+            else:
+                item["image"] = self.transform(load_image(self.paths[row]))
         return item
 
 
@@ -111,17 +113,19 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
 
     def __init__(self, source: str, cache_dir: str, min_tag_count: PositiveInt = 1, batch_size: PositiveInt = 16,
                  eval_batch_size: PositiveInt = 64, num_workers: NonNegativeInt = 0, pin_memory: bool = False,
-                 **source_args: Any) -> None:
+                 image_cache: bool = True, **source_args: Any) -> None:
         super().__init__()
         self.source = make_source(source, source_args)
         self.cache_dir, self.min_tag_count = Path(cache_dir).expanduser(), min_tag_count
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.image_cache = image_cache
+        self.pixels: DecodedImages | None = None
         self.dataset_dir: Path | None = None
         self.records: list[Record] = []
         self.vocab: Vocabulary | None = None
         self.features: torch.Tensor | None = None
-        self.transform: Callable | None = None
+        self.transform: ImageTransform | None = None
         self.images_on = torch.ones((), dtype=torch.bool).share_memory_()
         self._resume_at: dict | None = None
 
@@ -182,10 +186,18 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
             raise TagrankError(f"feature cache has {len(features)} rows for {len(self.records)} images")
         self.features = features
 
-    def use_images(self, transform: Callable | None, deferred: bool = False) -> None:
-        """Decode images with ``transform``; ``deferred``: only after :meth:`start_images` (features before)."""
+    def use_images(self, transform: ImageTransform | None, deferred: bool = False) -> None:
+        """Give items images made by ``transform``; ``deferred``: only after :meth:`start_images` (features
+        before). With ``data.image_cache`` (the default) they are read from the decoded-image cache,
+        built now if it is not there yet."""
         self.transform = transform
+        self.pixels = self.decoded_images(transform) if transform is not None and self.image_cache else None
         self.images_on.fill_(not deferred)
+
+    def decoded_images(self, transform: ImageTransform) -> DecodedImages:
+        """Every image of the dataset, decoded and resized by ``transform``: the cache (tagrank.data.images)."""
+        self.setup()
+        return cached_images(self.paths, self.cache_dir, self.name, transform, load_image)
 
     def start_images(self) -> None:
         """From now on every item also carries its image (takes effect in running loader workers too)."""
@@ -200,7 +212,7 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
         if self.features is None and self.transform is None:
             raise TagrankError("the data module has neither cached features nor an image transform attached")
         return RankedTagDataset(self.rows(split), self.targets, self.paths, self.features, self.transform,
-                                self.images_on)
+                                self.images_on, self.pixels)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # Seeded, resumable order for training; unpadded shards for evaluation under DDP (samplers.py).

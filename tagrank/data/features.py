@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule, RankedTagDataset
+from tagrank.data.images import progress
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,16 @@ def feature_cache_path(cache_dir: Path, dataset: str, backbone: str, weights_dig
 
 @torch.no_grad()
 def extract(backbone: nn.Module, dataset: RankedTagDataset, batch_size: int = 64, num_workers: int = 0) -> torch.Tensor:
-    backbone.eval()
+    """Features of every item, in order, with a progress bar. Channels-last like training (ChannelsLast)."""
+    backbone.eval().to(memory_format=torch.channels_last)
     device = next(backbone.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     out = []
-    for i, batch in enumerate(loader):
-        out.append(backbone(batch["image"].to(device)).float().cpu())
-        if i % 20 == 0:
-            log.info("features: %d/%d images", min((i + 1) * batch_size, len(dataset)), len(dataset))
+    with progress(total=len(dataset), desc="features") as bar:
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            out.append(backbone(images).float().cpu())
+            bar.update(len(images))
     return torch.cat(out)
 
 
@@ -59,7 +62,9 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
             log.warning("features: %s; recomputing", err)
         except Exception as err:  # an unreadable cache is rebuilt, never trusted
             log.warning("features: %s is unreadable (%s); recomputing", path, err)
-    all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform)
+    # From the decoded-image cache when this run has it (it fine-tunes): the images are not decoded twice.
+    pixels = dm.pixels if dm.pixels is not None and dm.pixels.image_size == image_size else None
+    all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform, pixels=pixels)
     features = extract(backbone, all_rows, batch_size, num_workers)
     cache.write(path, lambda tmp: torch.save({"images": images, "features": features}, tmp), count=len(features), unit="rows")
     log.info("features: cached %s %s", tuple(features.shape), path)

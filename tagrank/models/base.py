@@ -19,7 +19,7 @@ from annotated_types import Interval
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
-from tagrank.callbacks import StagedFinetuning, diverged_message
+from tagrank.callbacks import StagedFinetuning
 from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, Relevance
@@ -45,6 +45,8 @@ class RankedTagger(LightningModule):
         # Saved with the weights: a checkpoint written after the backbone was unfrozen must be scored
         # on images through its own backbone, never on the cached features of the pretrained one.
         self.register_buffer("backbone_finetuned", torch.tensor(False))
+        self._finetuned: bool | None = None  # the buffer's value on the host (see is_finetuned)
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_finetuned", None))
         self.feature_dim = self.backbone.out_dim
         self.val_metrics = RankingMetrics(top_k, relevance)
         self.test_metrics = RankingMetrics(top_k, relevance)
@@ -70,7 +72,20 @@ class RankedTagger(LightningModule):
 
     @property
     def backbone_trainable(self) -> bool:
-        return any(p.requires_grad for p in self.backbone.parameters())
+        # The backbone is frozen and unfrozen as a whole (StagedFinetuning): one parameter tells, and
+        # checking all ~150 took 0.1 ms of every training step.
+        return next(self.backbone.parameters()).requires_grad
+
+    @property
+    def is_finetuned(self) -> bool:
+        """``backbone_finetuned``, read from the device once (a host sync) rather than at every step."""
+        if self._finetuned is None:
+            self._finetuned = bool(self.backbone_finetuned)
+        return self._finetuned
+
+    def mark_finetuned(self) -> None:
+        self.backbone_finetuned.fill_(True)
+        self._finetuned = True
 
     def train(self, mode: bool = True) -> RankedTagger:
         # The backbone always runs in eval mode: its BatchNorm statistics and dropout stay those of
@@ -86,7 +101,7 @@ class RankedTagger(LightningModule):
             if "image" not in batch:
                 raise TagrankError("the backbone is being fine-tuned but the batch has no images")
             return self.backbone(batch["image"])
-        if self.backbone_finetuned:
+        if self.is_finetuned:
             if "image" not in batch:
                 raise TagrankError("this model's backbone was fine-tuned: it needs images, not cached features")
         elif "features" in batch:
@@ -94,11 +109,16 @@ class RankedTagger(LightningModule):
         with torch.no_grad():
             return self.backbone(batch["image"])
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # The ground-truth list lengths, read on the host before the batch goes to the device, so that a
+        # method can use them (LSTMTagger runs each list's steps only) without a host sync.
+        if isinstance(batch, dict) and isinstance(batch.get("target"), torch.Tensor):
+            batch["lengths"] = (batch["target"] >= 0).sum(1).tolist()
+        return batch
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # A non-finite loss is caught by NonFiniteGuard (added to every run) without a host sync per step.
         loss = self.loss(batch)
-        # Decided together (a loss can go non-finite on one rank only), before backward and the update.
-        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
-            raise TagrankError(diverged_message(f"the training loss is {loss.item()}", self.trainer))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["target"]))
         return loss
 
@@ -170,7 +190,8 @@ class RecurrentTagger(RankedTagger):
     def configure_optimizers(self):
         params = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
         hp = self.hparams
-        optimizer = torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        # fused: one kernel for all parameters (CPU and GPU), about half the time of the default on a CPU
+        optimizer = torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=True)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=hp.lr_factor,
                                                                   patience=hp.lr_patience)
         if self._plateau_state:  # resuming: on_load_checkpoint runs before this
@@ -208,3 +229,9 @@ def greedy_distinct(logits: torch.Tensor) -> torch.Tensor:
         out[:, t] = pick
         used[torch.arange(batch, device=logits.device), pick] = True
     return out
+
+
+def list_lengths(batch: dict) -> list[int]:
+    """The number of ground-truth tags of each row (``on_before_batch_transfer`` put them in the batch;
+    computed here for a batch that did not come through a loader)."""
+    return batch["lengths"] if "lengths" in batch else (batch["target"] >= 0).sum(1).tolist()

@@ -4,6 +4,10 @@ v = W_I CNN(I) + b_I (d = ``proj_dim``); the LSTM's gates take v at every time s
 h_{t-1} (no previous-tag input, unlike captioning); z_t = W h_t + b; softmax over the V tags. The loss is
 the cross-entropy of the ground-truth tag at each step, summed over the list (Eq. 19) and averaged over
 the batch. Decoding emits the ``top_k`` steps' best tags, skipping tags already emitted.
+
+The LSTM is ``nn.LSTM``'s (same gates, same parameters ``lstm.weight_ih_l0`` ...: checkpoints of
+either form load into the other), run by :class:`RepeatedInputLSTM`, which uses that the input is the
+same at every step.
 """
 
 from __future__ import annotations
@@ -13,7 +17,75 @@ from torch import nn
 
 from tagrank.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from tagrank.metrics import Relevance
-from tagrank.models.base import Factor, RecurrentTagger, greedy_distinct
+from tagrank.models.base import Factor, RecurrentTagger, greedy_distinct, list_lengths
+
+
+class RepeatedInputLSTM(torch.autograd.Function):
+    """``nn.LSTM`` (one layer, zero initial state) over ``steps`` steps whose input is ``v`` at every step.
+
+    Why not ``nn.LSTM`` on ``v`` repeated: its input projection W_ih v + b is then computed (and
+    differentiated) ``steps`` times, and its CPU kernel (oneDNN) is slow at this size (batch 16, hidden
+    300; backward twice the forward). Here the projection is computed once, the recurrence in plain
+    matrix products, and the backward pass by hand: the projection's gradient is the steps' summed,
+    and W_hh's one product over all steps. Same maths as ``nn.LSTM`` (gate order i, f, g, o);
+    ``tests/test_speed.py`` checks values and gradients against it in float64.
+    """
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
+                b_hh: torch.Tensor, steps: int) -> torch.Tensor:
+        hidden = w_hh.shape[1]
+        x = torch.addmm(b_ih + b_hh, v, w_ih.t())  # [B, 4H], the same at every step
+        gates = v.new_empty(steps, len(v), 4 * hidden)  # activated i, f, g, o
+        cells, tanh_cells, hs = (v.new_empty(steps, len(v), hidden) for _ in range(3))
+        for t in range(steps):
+            pre = x if t == 0 else torch.addmm(x, hs[t - 1], w_hh.t())
+            torch.sigmoid(pre, out=gates[t])
+            torch.tanh(pre[:, 2 * hidden:3 * hidden], out=gates[t, :, 2 * hidden:3 * hidden])
+            i, f, g, o = gates[t].chunk(4, dim=1)
+            torch.mul(i, g, out=cells[t])
+            if t > 0:
+                cells[t].addcmul_(f, cells[t - 1])
+            torch.tanh(cells[t], out=tanh_cells[t])
+            torch.mul(o, tanh_cells[t], out=hs[t])
+        ctx.save_for_backward(v, w_ih, w_hh, gates, cells, tanh_cells, hs)
+        return hs.transpose(0, 1).contiguous()  # [B, steps, H], batch first like the module
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        v, w_ih, w_hh, gates, cells, tanh_cells, hs = ctx.saved_tensors
+        steps, batch, hidden = hs.shape
+        grad_h_out = grad_out.transpose(0, 1)
+        i, f, g, o = gates.split(hidden, dim=2)
+        previous = torch.cat([torch.zeros_like(cells[:1]), cells[:-1]])
+        # Factors that do not depend on the recursion, for all steps at once.
+        from_h = o * (1 - tanh_cells * tanh_cells)  # h_t's share of d loss / d c_t
+        to_ifg = torch.cat([g * i * (1 - i), previous * f * (1 - f), i * (1 - g * g)], dim=2)
+        to_o = tanh_cells * o * (1 - o)
+        grad_pre = gates.new_empty(gates.shape)  # d loss / d gate pre-activations, per step
+        grad_h = grad_c = None
+        for t in reversed(range(steps)):
+            dh = grad_h_out[t] if grad_h is None else grad_h_out[t] + grad_h
+            dc = dh * from_h[t] if grad_c is None else torch.addcmul(grad_c, dh, from_h[t])
+            torch.mul(dc.unsqueeze(1), to_ifg[t].view(batch, 3, hidden),
+                      out=grad_pre[t, :, :3 * hidden].view(batch, 3, hidden))
+            torch.mul(dh, to_o[t], out=grad_pre[t, :, 3 * hidden:])
+            grad_c = dc * f[t]
+            if t > 0:
+                grad_h = grad_pre[t] @ w_hh
+        grad_x = grad_pre.sum(0)  # the input's share of every step
+        grad_b = grad_x.sum(0)
+        grad_w_hh = grad_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1) if steps > 1 else torch.zeros_like(w_hh)
+        return grad_x @ w_ih, grad_x.t() @ v, grad_w_hh, grad_b, grad_b, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``nn.functional.dropout``, with the mask drawn by ``torch.rand`` (uniform < 1 - p), which on a CPU is
+    ~4x faster than the ``bernoulli_`` that ``nn.Dropout`` uses (a tenth of a head training step)."""
+    if not training or p == 0:
+        return x
+    keep = torch.rand_like(x) >= p
+    return x * keep.to(x.dtype).mul_(1 / (1 - p))
 
 
 class LSTMTagger(RecurrentTagger):
@@ -26,19 +98,28 @@ class LSTMTagger(RecurrentTagger):
         super().__init__(num_tags, backbone, top_k, relevance)
         self.save_hyperparameters()
         self.proj = nn.Linear(self.feature_dim, proj_dim)
-        self.lstm = nn.LSTM(proj_dim, hidden_size, batch_first=True)
+        self.lstm = nn.LSTM(proj_dim, hidden_size, batch_first=True)  # its parameters; run by RepeatedInputLSTM
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, num_tags)
 
-    def forward(self, features: torch.Tensor, steps: int) -> torch.Tensor:
-        """Per-step tag logits [B, steps, V] for image features [B, D]."""
-        v = self.drop(self.proj(features))
-        h, _ = self.lstm(v.unsqueeze(1).expand(-1, steps, -1))
-        return self.out(self.drop(h))
+    def forward(self, features: torch.Tensor, steps: int, lengths: list[int] | None = None) -> torch.Tensor:
+        """Per-step tag logits [B, steps, V] for image features [B, D]. With ``lengths`` (of the batch's
+        ground-truth lists) the LSTM stops after the longest: the loss ignores the steps after a list
+        ends, and a step depends only on those before it, so the logits it reads are the same; the ones
+        after are those of h = 0."""
+        v = dropout(self.proj(features), self.drop.p, self.training)
+        run = steps if lengths is None else max(1, min(steps, max(lengths)))
+        lstm = self.lstm
+        with torch.autocast(v.device.type, enabled=False):  # a small recurrence: float32 under bf16 autocast too
+            h = RepeatedInputLSTM.apply(v.to(lstm.weight_ih_l0.dtype), lstm.weight_ih_l0, lstm.weight_hh_l0,
+                                        lstm.bias_ih_l0, lstm.bias_hh_l0, run)
+        if run < steps:
+            h = nn.functional.pad(h, (0, 0, 0, steps - run))
+        return self.out(dropout(h, self.drop.p, self.training))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["target"]
-        logits = self(self.image_features(batch), target.shape[1])
+        logits = self(self.image_features(batch), target.shape[1], list_lengths(batch))
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1, reduction="sum")
         return ce / len(target)
 

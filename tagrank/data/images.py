@@ -1,0 +1,164 @@
+"""Decoded images, cached once per (dataset, image size): uint8 pixels [N, 3, S, S] in one memory-mapped file.
+
+Fine-tuning reads every training image again at every step it is drawn, and decoding and resizing a
+JPEG with PIL costs more CPU than copying its pixels (``make bench``: fine-tuning input). So images are
+decoded and resized once, by the same transform as before (:class:`ImageTransform`'s first half), into
+``<cache>/images/<dataset>__<size>px.u8``; training reads rows of it (normalised on the fly) through a
+read-only memory map, which loader workers share through the page cache instead of holding copies.
+
+The file is written like every cache (``tagrank.data.cache``: a temporary name, renamed, a checksum
+file beside it) and starts with a header naming what it holds: the number of images, their size, and
+a fingerprint of the image files (path, size, modification time and inode of each), so a file cut
+short, damaged, or made before an image was replaced is rebuilt, never used. Concurrent runs (a
+multirun on one machine) wait for one another's build instead of each decoding everything.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms import v2 as T
+from tqdm import tqdm
+
+from tagrank.data import cache
+
+log = logging.getLogger(__name__)
+
+HEADER_BYTES = 4096  # a JSON header, padded: the pixels start page-aligned
+
+
+def progress(items: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "img") -> tqdm:
+    """A progress bar with the rate and the time left (tqdm); redrawn every 30 s when not on a terminal
+    (a log file), every second on one."""
+    tty = sys.stderr.isatty()
+    return tqdm(items, total=total, desc=desc, unit=unit, mininterval=1 if tty else 30, dynamic_ncols=tty)
+
+
+class ImageTransform:
+    """PIL image -> normalised float tensor: square resize (no crop: a tag may name an object at the
+    border) to uint8, then scale to [0, 1] and normalise. In two halves, so that the decoded-image
+    cache stores the first one's output and gives the same tensors as decoding."""
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.image_size = image_size
+        self.resize = T.Compose([T.ToImage(), T.Resize((image_size, image_size), antialias=True)])
+        self.normalize = T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std))])
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.normalize(self.resize(image))
+
+
+def image_cache_path(cache_dir: Path, dataset: str, image_size: int) -> Path:
+    return Path(cache_dir).expanduser() / "images" / f"{dataset}__{image_size}px.u8"
+
+
+def fingerprint(paths: Sequence[Path]) -> str:
+    """What identifies the image files without reading them: an image replaced (a new file renamed over
+    it, or rewritten in place at another size or time) gives another fingerprint."""
+    h = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class DecodedImages:
+    """Row ``i``: the uint8 pixels [3, S, S] of image ``i``, read from the memory-mapped cache file.
+
+    Pickled (for loader workers started by spawn) as its path only; each process maps the file itself.
+    """
+
+    def __init__(self, path: Path, count: int, image_size: int) -> None:
+        self.path, self.count, self.image_size = Path(path), count, image_size
+        self._pixels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        if self._pixels is None:
+            shape = (self.count, 3, self.image_size, self.image_size)
+            self._pixels = np.memmap(self.path, dtype=np.uint8, mode="r", offset=HEADER_BYTES, shape=shape)
+        return torch.from_numpy(np.array(self._pixels[row]))  # a copy: the map is read-only
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pixels": None}
+
+    @property
+    def nbytes(self) -> int:
+        return HEADER_BYTES + self.count * 3 * self.image_size ** 2
+
+
+def _header(paths: Sequence[Path], image_size: int) -> dict:
+    return {"format": "tagrank decoded images, uint8 [N, 3, S, S]", "images": len(paths), "size": image_size,
+            "fingerprint": fingerprint(paths)}
+
+
+def _read_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        raw = f.read(HEADER_BYTES)
+    try:
+        return json.loads(raw.decode("utf-8").rstrip())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise cache.Unverified(f"{path}: its header is not readable ({err})") from None
+
+
+@contextmanager
+def _exclusive(path: Path):
+    """Hold ``<path>.lock``: a second process building the same cache waits, then finds it built."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def cached_images(paths: Sequence[Path], cache_dir: Path, dataset: str, transform: ImageTransform,
+                  load, threads: int | None = None) -> DecodedImages:
+    """The decoded images of ``paths`` (in order) at ``transform.image_size``: from the cache, or decoded
+    now with ``load`` (path -> PIL image) and ``transform.resize``, on several threads (PIL and the
+    resize release the GIL)."""
+    size = transform.image_size
+    path = image_cache_path(cache_dir, dataset, size)
+    wanted = _header(paths, size)
+    with _exclusive(path):
+        if path.exists() or cache.check_path(path).exists():
+            try:
+                count = cache.verify(path)
+                if _read_header(path) == wanted:
+                    cache.check_count(path, count, len(paths))
+                    log.info("decoded images: reusing %s", path)
+                    return DecodedImages(path, len(paths), size)
+                log.warning("decoded images: %s was made for other images (or other files); rebuilding", path)
+            except cache.Unverified as err:
+                log.warning("decoded images: %s; rebuilding", err)
+
+        def decode(p: Path) -> bytes:
+            pixels = transform.resize(load(p))
+            if pixels.shape != (3, size, size) or pixels.dtype != torch.uint8:
+                raise ValueError(f"{p}: decoded to {tuple(pixels.shape)} {pixels.dtype}, expected (3, {size}, {size}) uint8")
+            return pixels.numpy().tobytes()
+
+        def fill(tmp: str) -> None:
+            with open(tmp, "wb") as f, ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+                f.write(json.dumps(wanted).encode("utf-8").ljust(HEADER_BYTES))
+                for pixels in progress(pool.map(decode, paths), total=len(paths), desc="decoding images"):
+                    f.write(pixels)
+
+        cache.write(path, fill, count=len(paths), unit="images")
+    images = DecodedImages(path, len(paths), size)
+    log.info("decoded images: cached %d images at %d px (%.0f MB) in %s", len(paths), size, images.nbytes / 1e6, path)
+    return images

@@ -1,0 +1,145 @@
+"""What the speed work must not change: the decoded-image cache gives the pixels decoding gives (and is
+rebuilt, never reused, when damaged or when an image changes); the LSTM run as RepeatedInputLSTM is
+nn.LSTM; the backbone with its BatchNorm folded and its 5x5 weight gradients in pieces is the plain one;
+and the GPU benchmark runs (on the CPU, in its smoke mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from tagrank.data import cache
+from tagrank.data.datamodule import RankedTagDataModule, load_image
+from tagrank.data.images import ImageTransform, cached_images, image_cache_path
+from tagrank.models.backbones import conv_bn
+from tagrank.models.lstm import LSTMTagger, RepeatedInputLSTM
+
+from .conftest import ROOT
+
+
+class _Loads:
+    """``load_image``, counting the images it decodes."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, path):
+        self.count += 1
+        return load_image(path)
+
+
+def test_decoded_image_cache_gives_the_decoded_pixels_and_is_rebuilt_when_damaged_or_images_change(tmp_path):
+    dm = RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), n_train=10, n_val=3,
+                             n_test=3, image_size=40)
+    dm.setup()
+    transform = ImageTransform(32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))  # a real resize: 40 -> 32 px
+    loads = _Loads()
+    images = cached_images(dm.paths, dm.cache_dir, dm.name, transform, loads)
+    assert loads.count == 16 and len(images) == 16
+    for row in range(16):  # exactly the tensors decoding gives, after the same normalisation
+        assert torch.equal(transform.normalize(images[row]), transform(load_image(dm.paths[row])))
+
+    cached_images(dm.paths, dm.cache_dir, dm.name, transform, loads)
+    assert loads.count == 16  # reused
+
+    path = image_cache_path(dm.cache_dir, dm.name, 32)
+    with open(path, "r+b") as f:  # cut short
+        f.truncate(path.stat().st_size - 100)
+    images = cached_images(dm.paths, dm.cache_dir, dm.name, transform, loads)
+    assert loads.count == 32 and torch.equal(images[15], transform.resize(load_image(dm.paths[15])))
+
+    # One image replaced by another file (written beside it and renamed over it, as tools do).
+    new = tmp_path / "new.jpg"
+    Image.open(dm.paths[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new, quality=92)
+    os.replace(new, dm.paths[0])
+    images = cached_images(dm.paths, dm.cache_dir, dm.name, transform, loads)
+    assert loads.count == 48
+    assert torch.equal(images[0], transform.resize(load_image(dm.paths[0])))
+    assert cache.verify(path) == 16
+
+
+def test_the_data_module_reads_images_from_the_cache(tmp_path):
+    dm = RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), n_train=6, n_val=2,
+                             n_test=2, image_size=32)
+    transform = ImageTransform(32, (0.5,) * 3, (0.5,) * 3)
+    dm.use_images(transform)
+    assert dm.pixels is not None and image_cache_path(tmp_path, dm.name, 32).is_file()
+    item = dm.dataset("val")[1]
+    assert torch.equal(item["image"], transform(load_image(dm.paths[dm.rows("val")[1]])))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7])
+def test_repeated_input_lstm_is_nn_lstm(steps):
+    torch.manual_seed(steps)
+    lstm = nn.LSTM(5, 4, batch_first=True).double()
+    v = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
+    params = [v, *lstm.parameters()]
+    ref, _ = lstm(v.unsqueeze(1).expand(-1, steps, -1))
+    out = RepeatedInputLSTM.apply(v, *lstm.parameters(), steps)
+    grad = torch.randn_like(ref)
+    assert torch.allclose(out, ref, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *a: RepeatedInputLSTM.apply(*a, steps),
+                                    [p.detach().requires_grad_() for p in params])
+
+
+def test_lstm_tagger_runs_each_list_only_as_long_as_it_is_and_gets_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = LSTMTagger(num_tags=9, proj_dim=6, hidden_size=5, dropout=0.0).double()
+    target = torch.tensor([[1, 2, -1, -1, -1], [3, -1, -1, -1, -1], [4, 5, 6, 7, 8], [-1] * 5, [0, 8, 7, -1, -1]])
+    batch = {"features": torch.randn(5, model.feature_dim, dtype=torch.double), "target": target}
+    loss = model.loss(batch)
+    grads = torch.autograd.grad(loss, [model.proj.weight, *model.lstm.parameters()])
+    # The reference: nn.LSTM over every step of every row, the loss ignoring the padding.
+    v = model.proj(batch["features"])
+    h, _ = model.lstm(v.unsqueeze(1).expand(-1, 5, -1))
+    logits = model.out(h)
+    ref = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1, reduction="sum") / 5
+    ref_grads = torch.autograd.grad(ref, [model.proj.weight, *model.lstm.parameters()])
+    assert torch.allclose(loss, ref, atol=1e-12)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_lstm_tagger_keeps_nn_lstm_parameters():
+    model = LSTMTagger(num_tags=7, proj_dim=6, hidden_size=5)
+    keys = {k for k in model.state_dict() if k.startswith("lstm.")}
+    assert keys == {f"lstm.{k}" for k in nn.LSTM(6, 5).state_dict()}  # checkpoints load both ways
+
+
+@pytest.mark.parametrize("kernel,stride,groups,size", [(5, 1, 6, 9), (5, 2, 6, 8), (5, 2, 6, 9), (3, 2, 6, 8),
+                                                       (1, 1, 1, 7)])
+def test_folded_conv_bn_is_conv_then_batchnorm(kernel, stride, groups, size):
+    torch.manual_seed(kernel + stride + size)
+    conv = nn.Conv2d(6 if groups > 1 else 4, 6, kernel, stride, kernel // 2, groups=groups, bias=False).double()
+    bn = nn.BatchNorm2d(6).double().eval()
+    with torch.no_grad():
+        bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2), bn.weight.normal_(), bn.bias.normal_()
+    x = torch.randn(3, conv.in_channels, size, size, dtype=torch.double, requires_grad=True)
+    params = [x, conv.weight, bn.weight, bn.bias]
+    ref = bn(conv(x))
+    out = conv_bn(conv, bn, x)
+    grad = torch.randn_like(ref)
+    assert torch.allclose(out, ref, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        assert torch.allclose(a, b, atol=1e-11)
+
+
+def test_gpu_benchmark_runs_in_its_cpu_smoke_mode(tmp_path):
+    out = tmp_path / "bench_gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TAGRANK_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for name in ("loader", "efficientnet_lite0-128px-b16", "vgg16-224px-b16"):
+        assert figures[name]["value"] > 0, figures
+    assert "images/s" in proc.stdout and "of the bf16 peak" in proc.stdout
