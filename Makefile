@@ -42,9 +42,12 @@ eval: ## re-evaluate a checkpoint: make eval CKPT=logs/train/runs/<run>/checkpoi
 clean: ## remove run outputs (logs/, results/); caches under ~/.cache/tagrank are kept
 	rm -rf logs results outputs multirun
 
-.PHONY: bench
-bench: ## speed/memory benchmarks
-	$(BIN)/python benchmarks/bench_coco.py
+.PHONY: bench bench-gpu
+bench: ## speed and memory figures as ratios measured in one run (~10 min on 2 cores) -> results/bench.json
+	$(BIN)/python benchmarks/bench.py $(ARGS)
+
+bench-gpu: ## fine-tuning throughput and loader on one CUDA GPU (< 5 min; skipped without one) -> results/bench_gpu.json
+	$(BIN)/python benchmarks/bench_gpu.py $(ARGS)
 
 DATA ?= synthetic
 table1: ## the paper's Table 1 + Figs 3-4: every method x 3 seeds on DATA (default synthetic) -> results/$(DATA)/

@@ -18,8 +18,8 @@ Figures (issue 14):
                 reference functions
   memory        peak resident memory of a short fine-tuning run (both caches) against the caches' size;
                 on Flickr8k when its converter and ../shared/data/flickr8k are there, else synthetic
-  convert       COCO conversion (benchmarks/bench_coco.py at --coco-images) and Flickr8k conversion
-                (benchmarks/bench_flickr8k.py, when present)
+  convert       COCO conversion (benchmarks/bench_coco.py at --coco-images generated images) and the
+                real Flickr8k's (skipped when ../shared/data/flickr8k is absent), against json.load
 
 The data is the embedded synthetic set (default settings, in ``$TAGRANK_CACHE``, built on first use).
 """
@@ -185,12 +185,13 @@ def bench_head(setup: Setup, repeats: int) -> dict[str, dict]:
 def bench_extract(setup: Setup, repeats: int, n: int = 256) -> dict[str, dict]:
     from tagrank.data.datamodule import RankedTagDataset
     from tagrank.data.features import extract
+    from tagrank.models.backbones import backbone_input
 
     bb = setup.model.backbone
     transform = _transform(setup)
     dataset = RankedTagDataset(list(range(n)), setup.dm.targets, setup.dm.paths, None, transform)
     size = setup.cfg.backbone.feature_batch_size
-    decoded = [torch.stack([dataset[i]["image"] for i in range(s, min(s + size, n))]).contiguous(
+    decoded = [backbone_input(bb, torch.stack([dataset[i]["image"] for i in range(s, min(s + size, n))])).contiguous(
         memory_format=torch.channels_last) for s in range(0, n, size)]
 
     @torch.no_grad()
@@ -331,21 +332,13 @@ def bench_memory(data: list[str], label: str) -> dict[str, dict]:
 
 # -- 5. conversion ----------------------------------------------------------------------------------------
 def bench_convert(images: int, repeats: int) -> dict[str, dict]:
-    figures: dict[str, dict] = {}
-    for script, args in (("bench_coco.py", ["--images", str(images), "--val-images", str(max(images // 24, 100)),
-                                            "--repeats", str(repeats)]),
-                         ("bench_flickr8k.py", ["--repeats", str(repeats)])):
-        path = ROOT / "benchmarks" / script
-        if not path.is_file():
-            print(f"convert: {script} is not there yet (the Flickr8k converter adds it): skipped", flush=True)
-            continue
-        with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            proc = subprocess.run([sys.executable, str(path), *args, "--json", f.name], text=True)
-            if proc.returncode != 0:
-                print(f"convert: {script} failed (exit {proc.returncode})", flush=True)
-                continue
-            figures.update(json.loads(Path(f.name).read_text() or "{}"))
-    return figures
+    """benchmarks/bench_coco.py: COCO at ``images`` generated training images, and the real Flickr8k."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_coco.py"), "--images", str(images),
+                               "--val-images", str(max(images // 24, 100)), "--repeats", str(repeats), "--json", f.name])
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmarks/bench_coco.py failed (exit status {proc.returncode})")
+        return json.loads(Path(f.name).read_text())
 
 
 def show(name: str, f: dict) -> None:

@@ -119,6 +119,9 @@ def run(what: str, root: str, out: str) -> None:
     if what == "json.load":
         with open(Path(root) / "annotations" / "captions_train2017.json") as f:
             message = f"{len(json.load(f)['annotations'])} captions loaded"
+    elif what == "flickr8k-json.load":
+        with open(Path(root) / "dataset_flickr8k.json") as f:
+            message = f"{len(json.load(f)['images'])} images loaded"
     else:
         from tagrank.data.captions import CaptionsSource
         from tagrank.data.coco import CocoSource
@@ -136,7 +139,13 @@ def run(what: str, root: str, out: str) -> None:
     print(f"{message}|{time.perf_counter() - start:.2f}|{peak:.0f}")
 
 
-def coco(a: argparse.Namespace, tmp: str) -> None:
+def figure(value: float, unit: str, baseline: float, target: float | None = None) -> dict:
+    """One figure as ``make bench`` records it (results/bench.json)."""
+    return {"value": value, "unit": unit, "baseline": baseline, "ratio": round(value / baseline, 3),
+            "target": None if target is None else f"< {target:.0f} {unit}", "ok": None if target is None else value < target}
+
+
+def coco(a: argparse.Namespace, tmp: str) -> dict[str, dict]:
     """Generate the COCO-sized files (once, into --dir if given) and time the two orders against json.load."""
     root = Path(a.dir or tmp)
     if not (root / "annotations" / "captions_train2017.json").is_file() or not (root / TEMPLATE).is_file():
@@ -149,10 +158,12 @@ def coco(a: argparse.Namespace, tmp: str) -> None:
     message, base_s, base_mb = measure("json.load", root, tmp, a.repeats)
     print(f"json.load(captions_train2017.json), for comparison: {message}; median {base_s:.1f} s, "
           f"peak {base_mb:.0f} MiB ({a.repeats} runs)")
-    seconds = {}
+    seconds, figures = {}, {}
     for order in ("captions", "area"):
         message, secs, mb = measure(order, root, tmp, a.repeats)
         seconds[order] = secs
+        figures[f"coco_{order}"] = figure(secs, "s", base_s, TARGET_S * a.images / 118_287)  # the target, scaled
+        figures[f"coco_{order}_peak"] = figure(mb, "MiB", base_mb)
         print(f"CocoSource order={order}: {message}; median {secs:.1f} s ({secs / TARGET_S:.2f} x the {TARGET_S} s "
               f"target, {secs / base_s:.2f} x json.load), peak {mb:.0f} MiB ({mb / base_mb:.2f} x json.load; "
               f"process total, with imports; {a.repeats} runs; data.check_images=false)")
@@ -161,6 +172,21 @@ def coco(a: argparse.Namespace, tmp: str) -> None:
     print(f"CocoSource order=area with data.check_images=true: {message}; {checked:.1f} s, peak {mb:.0f} MiB (1 run): "
           f"decoding the {n} images once adds {added:.1f} s, {added / n * 1000:.2f} ms an image "
           f"with {min(8, os.cpu_count() or 1)} threads")
+    figures["coco_image_check"] = figure(checked, "s", seconds["area"])
+    return figures
+
+
+def flickr8k(a: argparse.Namespace, tmp: str) -> dict[str, dict]:
+    """The real Flickr8k (../shared) converted, against json.load of its annotation file."""
+    if not a.flickr8k.is_dir():
+        print(f"Flickr8k: skipped, {a.flickr8k} is absent")
+        return {}
+    _, base_s, base_mb = measure("flickr8k-json.load", a.flickr8k, tmp, a.repeats)
+    message, secs, mb = measure("flickr8k", a.flickr8k, tmp, a.repeats)
+    print(f"CaptionsSource data=flickr8k: {message}; median {secs:.1f} s ({secs / base_s:.2f} x json.load of "
+          f"dataset_flickr8k.json, {base_s:.1f} s), peak {mb:.0f} MiB ({mb / base_mb:.2f} x json.load's; process total, "
+          f"with imports; {a.repeats} runs; data.check_images=true)")
+    return {"flickr8k": figure(secs, "s", base_s), "flickr8k_peak": figure(mb, "MiB", base_mb)}
 
 
 def main() -> None:
@@ -173,21 +199,19 @@ def main() -> None:
     p.add_argument("--flickr8k", type=Path, default=FLICKR8K, help="the Flickr8k folder (default: %(default)s)")
     p.add_argument("--dir", default=None, help="keep the generated data here (default: a temp folder, deleted)")
     p.add_argument("--run", nargs=3, metavar=("WHAT", "ROOT", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--json", default=None, help="also write the figures here, as make bench does ({name: {value, ...}})")
     a = p.parse_args()
     if a.run:
         run(*a.run)
         return
+    figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         if a.only != "flickr8k":
-            coco(a, tmp)
-        if a.only == "coco":
-            return
-        if not a.flickr8k.is_dir():
-            print(f"Flickr8k: skipped, {a.flickr8k} is absent")
-            return
-        message, secs, mb = measure("flickr8k", a.flickr8k, tmp, a.repeats)
-        print(f"CaptionsSource data=flickr8k: {message}; median {secs:.1f} s, peak {mb:.0f} MiB "
-              f"(process total, with imports; {a.repeats} runs; data.check_images=true)")
+            figures.update(coco(a, tmp))
+        if a.only != "coco":
+            figures.update(flickr8k(a, tmp))
+    if a.json:
+        Path(a.json).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

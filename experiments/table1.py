@@ -7,9 +7,9 @@
 
 1. Runs every method x seed as Hydra multiruns of the real ``tagrank-train``
    (``tagrank-train -m model=svm,svm_rank,frequency seed=0,1,2 data=<data> hydra.sweep.dir=<sweep>/frozen``);
-   the recurrent methods (lstm, naive_rnn) run as a second multirun into ``<sweep>/finetuned`` with
-   their staged fine-tuning schedule (``finetune``, below), as in the paper: the SVMs are trained on
-   the frozen CNN's features, the RNNs fine-tune it. Any other ``key=value`` argument
+   then the recurrent methods (lstm, naive_rnn) with their staged fine-tuning schedule (``finetune``,
+   below), as ``jobs`` multiruns at once into ``<sweep>/finetuned-<N>`` (by default one per method),
+   as in the paper: the SVMs are trained on the frozen CNN's features, the RNNs fine-tune it. Any other ``key=value`` argument
    (``trainer.max_epochs=5``, ``data.root=...``) is passed to every run.
 2. Aggregates the run directories (``tagrank.report``) into ``<results>/<data>/``: ``table1.md``,
    ``table1.csv``, ``curves.csv``, ``fig3.png`` (NDCG@k and P@k against k) and ``fig4.png`` (test
@@ -22,7 +22,9 @@ quick (false), logger (csv | tensorboard | wandb), results (results), sweep_dir 
 ``$TAGRANK_LOGS/table1/<data>/<time>``), aggregate (a finished sweep directory: skip step 1),
 finetune (the recurrent methods' schedule as an experiment name; ``auto``: ``synthetic_finetune`` on
 data=synthetic, none in quick mode, otherwise the model config's own ``finetune_after_steps`` (the
-paper's 7500) with the passed trainer settings; ``none``: frozen backbone for every method).
+paper's 7500) with the passed trainer settings; ``none``: frozen backbone for every method), jobs
+(how many recurrent-method multiruns run at once, the CPU threads shared between them; ``auto``: 2 on
+a machine with 2 or more CPUs).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -41,7 +45,7 @@ from tagrank.errors import TagrankError
 log = logging.getLogger("tagrank")
 
 SETTINGS = {"data": "synthetic", "seeds": "3", "methods": "lstm,svm,svm_rank,naive_rnn,frequency", "quick": "false",
-            "logger": "csv", "results": "results", "sweep_dir": "", "aggregate": "", "finetune": "auto"}
+            "logger": "csv", "results": "results", "sweep_dir": "", "aggregate": "", "finetune": "auto", "jobs": "auto"}
 RECURRENT = ("lstm", "naive_rnn")  # the methods that fine-tune the backbone
 
 # Quick mode: a small synthetic set at 64 px and short schedules; a smoke run of the whole pipeline.
@@ -61,6 +65,7 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             passthrough.append(arg)
     if settings["quick"].lower() not in ("true", "false"):
         raise TagrankError(f"quick={settings['quick']!r}: expected true or false")
+    job_count(settings["jobs"])
     if settings["quick"].lower() == "true" and settings["data"] != "synthetic":
         raise TagrankError("quick=true shrinks the synthetic data; it does not apply to data=" + settings["data"])
     return settings, passthrough
@@ -81,32 +86,92 @@ def rnn_overrides(settings: dict[str, str]) -> list[str]:
     return [f"experiment={choice}"] if choice else []
 
 
+def job_count(value: str) -> int:
+    if value == "auto":
+        return min(2, os.cpu_count() or 1)
+    if not value.isdigit() or int(value) < 1:
+        raise TagrankError(f"jobs={value!r}: expected a positive whole number or auto")
+    return int(value)
+
+
+def split_runs(methods: list[str], seeds: list[int], jobs: int) -> list[list[tuple[str, list[int]]]]:
+    """The (method, seed) runs in ``jobs`` near-equal consecutive shares, each as (method, seeds) multiruns:
+    2 methods x 3 seeds in 2 jobs are one method's 3 seeds each."""
+    runs = [(m, s) for m in methods for s in seeds]
+    shares, start = [], 0
+    for j in range(min(jobs, len(runs))):
+        end = start + len(runs) // jobs + (j < len(runs) % jobs)
+        share: dict[str, list[int]] = {}
+        for m, s in runs[start:end]:
+            share.setdefault(m, []).append(s)
+        shares.append(list(share.items()))
+        start = end
+    return shares
+
+
 def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) -> None:
-    """The methods x seeds as Hydra multiruns of tagrank-train (the basic launcher: one after another):
-    one for the methods on frozen features, one for the fine-tuned recurrent methods."""
+    """The methods x seeds as Hydra multiruns of tagrank-train: first the methods on frozen features (one
+    multirun, which also builds the dataset and feature caches), then the fine-tuned recurrent methods
+    in ``jobs`` multiruns at once, each with its share of the CPU threads.
+
+    Why at once: a fine-tuning step at batch 16 keeps one core busy far better than it uses two (the
+    convolutions are small), so two runs of one thread each finish sooner than the same runs one
+    after another with two threads each; and on a loaded machine two threads that wait for each
+    other lose several times over. ``jobs=1`` runs them one after another."""
     exe = Path(sys.executable).parent / "tagrank-train"
     train = str(exe) if exe.is_file() else shutil.which("tagrank-train")
     if not train:
         raise TagrankError("tagrank-train is not installed (pip install -e .)")
     quick = settings["quick"].lower() == "true"
-    seeds = ",".join(str(s) for s in range(int(settings["seeds"])))
+    seeds = list(range(int(settings["seeds"])))
     methods = [m for m in settings["methods"].split(",") if m]
-    groups = {"frozen": ([m for m in methods if m not in RECURRENT], []),
-              "finetuned": ([m for m in methods if m in RECURRENT], rnn_overrides(settings))}
-    for group, (members, extra) in groups.items():
-        if not members:
-            continue
-        cmd = [train, "-m", f"model={','.join(members)}", f"seed={seeds}", f"data={settings['data']}",
-               f"logger={settings['logger']}", f"hydra.sweep.dir={sweep_dir / group}", "trainer.enable_progress_bar=false"]
-        if settings["logger"] == "wandb":
-            cmd.append(f"logger.wandb.group={wandb_group(settings['data'], sweep_dir)}")
-        cmd += extra + (QUICK if quick else []) + passthrough
-        print("+ " + " ".join(cmd), flush=True)
-        start = time.time()
-        proc = subprocess.run(cmd)
-        if proc.returncode != 0:
-            raise TagrankError(f"the multirun failed (exit status {proc.returncode}); finished runs are in {sweep_dir}")
-        print(f"multirun ({group}) finished in {time.time() - start:.0f} s", flush=True)
+    frozen = [m for m in methods if m not in RECURRENT]
+    common = [f"data={settings['data']}", f"logger={settings['logger']}", "trainer.enable_progress_bar=false"]
+    if settings["logger"] == "wandb":
+        common.append(f"logger.wandb.group={wandb_group(settings['data'], sweep_dir)}")
+    after = (QUICK if quick else []) + passthrough
+
+    def command(members: list[str], run_seeds: list[int], folder: str, extra: list[str]) -> list[str]:
+        return [train, "-m", f"model={','.join(members)}", f"seed={','.join(map(str, run_seeds))}", *common,
+                f"hydra.sweep.dir={sweep_dir / folder}", *extra, *after]
+
+    if frozen:
+        run_all("frozen", [[command(frozen, seeds, "frozen", [])]], sweep_dir, threads=None)
+    recurrent = [m for m in methods if m in RECURRENT]
+    if recurrent:
+        jobs = job_count(settings["jobs"])
+        shares = split_runs(recurrent, seeds, jobs)
+        names = iter(f"finetuned-{i}" for i in range(1, 100))
+        commands = [[command([m], s, next(names), rnn_overrides(settings)) for m, s in share] for share in shares]
+        run_all("finetuned", commands, sweep_dir, threads=max(1, (os.cpu_count() or 1) // len(shares)))
+
+
+def run_all(group: str, jobs: list[list[list[str]]], sweep_dir: Path, threads: int | None) -> None:
+    """Run each job's commands one after another, the jobs at the same time; with several, each job's
+    output goes to ``<sweep>/<group>-job<N>.log`` and ``threads`` sets its OMP_NUM_THREADS."""
+    env = dict(os.environ)
+    if threads is not None and len(jobs) > 1:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    def run_job(n: int, commands: list[list[str]]) -> int:
+        log = sweep_dir / f"{group}-job{n}.log" if len(jobs) > 1 else None
+        for cmd in commands:
+            print("+ " + " ".join(cmd) + (f"    (output: {log})" if log else ""), flush=True)
+            with open(log, "a") if log else nullcontext() as out:
+                code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None).returncode
+            if code != 0:
+                if log:
+                    print(f"--- the end of {log}:\n" + "".join(log.read_text().splitlines(True)[-40:]), flush=True)
+                return code
+        return 0
+
+    start = time.time()
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        codes = list(pool.map(run_job, range(1, len(jobs) + 1), jobs))
+    if any(codes):
+        raise TagrankError(f"a multirun failed (exit status {max(codes)}); finished runs are in {sweep_dir}")
+    print(f"multiruns ({group}, {len(jobs)} at a time) finished in {time.time() - start:.0f} s", flush=True)
 
 
 def report(sweep_dir: Path, out_dir: Path, logger: str) -> str:

@@ -232,6 +232,21 @@ def test_recurrent_methods_get_their_finetuning_schedule():
     assert table1.rnn_overrides({**settings, "finetune": "paper_pascal07"}) == ["experiment=paper_pascal07"]
 
 
+def test_recurrent_runs_are_shared_between_concurrent_jobs():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import table1
+    finally:
+        sys.path.pop(0)
+    assert table1.split_runs(["lstm", "naive_rnn"], [0, 1, 2], 2) == [[("lstm", [0, 1, 2])], [("naive_rnn", [0, 1, 2])]]
+    assert table1.split_runs(["lstm", "naive_rnn"], [0, 1, 2], 4) == [
+        [("lstm", [0, 1])], [("lstm", [2]), ("naive_rnn", [0])], [("naive_rnn", [1])], [("naive_rnn", [2])]]
+    assert table1.split_runs(["lstm"], [0], 2) == [[("lstm", [0])]]
+    assert table1.job_count("3") == 3
+    with pytest.raises(TagrankError, match="jobs='0'"):
+        table1.job_count("0")
+
+
 def test_table1_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), "quick=maybe"],
                           capture_output=True, text=True, timeout=120)

@@ -1,8 +1,9 @@
 """One Dataset and one LightningDataModule for every manifest.
 
 A batch is a dict: ``index`` (row in the manifest), ``target`` (tag ids in ground-truth order, padded
-with -1), and ``features`` (cached backbone features) and/or ``image`` (a normalised tensor), depending
-on whether the backbone is frozen for the whole run or fine-tuned.
+with -1), and ``features`` (cached backbone features) and/or ``image`` (uint8 pixels [3, S, S], resized;
+the model normalises whole batches on its device: ``backbone_input``), depending on whether the
+backbone is frozen for the whole run or fine-tuned.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def load_image(path: Path) -> Image.Image:
 
 
 class RankedTagDataset(Dataset):
-    """Items with cached ``features`` and/or an ``image``: decoded from its file, or with ``pixels`` (the
-    decoded-image cache) read from there and only normalised.
+    """Items with cached ``features`` and/or an ``image``: decoded from its file and resized by
+    ``transform.resize``, or with ``pixels`` (the decoded-image cache) read from there.
 
     With both attached, images are read only while ``images_on`` (a shared-memory flag, so loader
     worker processes see it flip) is set: a run that fine-tunes later trains on features alone until
@@ -72,9 +73,9 @@ class RankedTagDataset(Dataset):
             item["features"] = self.features[row]
         if self.transform is not None and (self.features is None or self.images_on is None or bool(self.images_on)):
             if self.pixels is not None:
-                item["image"] = self.transform.normalize(self.pixels[row])
+                item["image"] = self.pixels[row]
             else:
-                item["image"] = self.transform(load_image(self.paths[row]))
+                item["image"] = self.transform.resize(load_image(self.paths[row])).as_subclass(torch.Tensor)
         return item
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule, RankedTagDataset
 from tagrank.data.images import progress
+from tagrank.models.backbones import backbone_input
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def extract(backbone: nn.Module, dataset: RankedTagDataset, batch_size: int = 64
     with progress(total=len(dataset), desc="features") as bar:
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            out.append(backbone(images).float().cpu())
+            out.append(backbone(backbone_input(backbone, images)).float().cpu())
             bar.update(len(images))
     return torch.cat(out)
 

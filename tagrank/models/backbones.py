@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import vgg16
+from torchvision.transforms.v2 import functional as TF
 
 from tagrank.errors import TagrankError
 
@@ -59,7 +60,8 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tenso
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
     weight = conv.weight * scale.reshape(-1, 1, 1, 1)
     bias = bn.bias - bn.running_mean * scale
-    if conv.groups == x.shape[1] > 1 and conv.kernel_size[0] > 3 and x.device.type == "cpu" and torch.is_grad_enabled():
+    if (conv.groups == x.shape[1] > 1 and conv.kernel_size[0] > 3 and x.shape[-1] <= 16 and x.device.type == "cpu"
+            and torch.is_grad_enabled()):
         return _DepthwiseConv.apply(x, weight, bias, conv.stride[0], conv.padding[0])
     return nn.functional.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
@@ -77,7 +79,8 @@ class _DepthwiseConv(torch.autograd.Function):
     (a 5x5 one: 6-10 ms per EfficientNet-Lite0 layer at batch 16, 128 px, against 0.3-0.9 ms for 5x3:
     77 of the ~450 ms of a one-thread fine-tuning step), while its forward and input gradient are fast.
     The kxk gradient is the k x 3 gradients of the input shifted by 0, 3, ... columns (zero-padded by
-    the columns the last piece overhangs), so it is computed that way; the rest is the library's.
+    the columns the last piece overhangs), so it is computed that way; the rest is the library's. Used
+    for inputs up to 16 px wide: at 32 px copying the shifted inputs costs what it saves.
     """
 
     @staticmethod
@@ -176,6 +179,18 @@ class VGG16FC7(nn.Module):
 
 
 BACKBONES: dict[str, type[nn.Module]] = {"efficientnet_lite0": EfficientNetLite0, "vgg16": VGG16FC7}
+
+
+def backbone_input(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """A batch of uint8 images [B, 3, S, S] scaled to [0, 1] and normalised with the backbone's mean and
+    std, on whatever device it is (float images pass as they are).
+
+    Why here and not in the loader: a uint8 batch is a quarter of the bytes to collate, pin and copy
+    to a GPU, and normalising a whole batch on the device costs nothing next to the backbone; the
+    result is the same tensor per-image normalisation gives (``ImageTransform``)."""
+    if images.dtype != torch.uint8:
+        return images
+    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(backbone.mean), list(backbone.std))
 
 
 def default_weights(name: str) -> str | None:

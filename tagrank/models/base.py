@@ -23,7 +23,7 @@ from tagrank.callbacks import StagedFinetuning
 from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, Relevance
-from tagrank.models.backbones import build_backbone
+from tagrank.models.backbones import backbone_input, build_backbone
 
 # The ranking metrics are logged with sync_dist=False on purpose: torchmetrics has already reduced their
 # sum states across processes, so every rank holds the exact value. Lightning would warn once per key.
@@ -100,14 +100,14 @@ class RankedTagger(LightningModule):
         if self.backbone_trainable:
             if "image" not in batch:
                 raise TagrankError("the backbone is being fine-tuned but the batch has no images")
-            return self.backbone(batch["image"])
+            return self.backbone(backbone_input(self.backbone, batch["image"]))
         if self.is_finetuned:
             if "image" not in batch:
                 raise TagrankError("this model's backbone was fine-tuned: it needs images, not cached features")
         elif "features" in batch:
             return batch["features"]
         with torch.no_grad():
-            return self.backbone(batch["image"])
+            return self.backbone(backbone_input(self.backbone, batch["image"]))
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         # The ground-truth list lengths, read on the host before the batch goes to the device, so that a
