@@ -172,7 +172,7 @@ def bench_head(setup: Setup, repeats: int) -> dict[str, dict]:
     plain = PlainLSTM(ours.feature_dim, setup.dm.num_tags)
     hp = ours.hparams
     plain_opt = torch.optim.Adam(plain.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-    ours_opt = ours.configure_optimizers()["optimizer"]
+    ours_opt = ours.configure_optimizers()
     r = interleaved({"plain": steps_of(plain.loss, plain_opt, batches), "ours": steps_of(ours.loss, ours_opt, batches)},
                     repeats)
     fit = statistics.median(fit_rate(setup, 300, 50) for _ in range(max(1, repeats // 2)))
@@ -243,7 +243,7 @@ def bench_finetune(setup: Setup, repeats: int, batches: int = 40, steps: int = 6
     model = build_model(setup.cfg, dm.num_tags)
     model.train()
     model.backbone.requires_grad_(True).to(memory_format=torch.channels_last)
-    optimizer = model.configure_optimizers()["optimizer"]
+    optimizer = model.configure_optimizers()
     optimizer.add_param_group({"params": list(model.backbone.parameters()), "lr": 1e-5, "weight_decay": 1e-3})
 
     def train_steps(kind: str) -> Callable[[], float]:
@@ -313,7 +313,7 @@ def bench_memory(data: list[str], label: str) -> dict[str, dict]:
     touched) against the size of the two caches it reads."""
     out = Path(tempfile.mkdtemp(prefix="tagrank-bench-mem-"))
     cmd = [sys.executable, "-m", "tagrank.train", *data, "model.finetune_after_steps=50", "trainer.max_steps=100",
-           "trainer.max_epochs=-1", "trainer.val_check_interval=50", "+trainer.limit_val_batches=2",
+           "trainer.max_epochs=-1", "trainer.val_check_interval=50", "trainer.limit_val_batches=2",
            "trainer.check_val_every_n_epoch=null", "test=false", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={out}"]
     code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "

@@ -82,7 +82,7 @@ def step_figures(name: str, size: int, batch: int, device: torch.device, steps: 
     model = LSTMTagger(num_tags=24, backbone=name).to(device)  # random weights: speed only
     model.train()
     model.backbone.requires_grad_(True).to(memory_format=torch.channels_last)
-    optimizer = model.configure_optimizers()["optimizer"]
+    optimizer = model.configure_optimizers()
     optimizer.add_param_group({"params": list(model.backbone.parameters()), "lr": 1e-5, "weight_decay": 1e-3})
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     batch_dict = {"image": images.contiguous(memory_format=torch.channels_last),
@@ -149,7 +149,7 @@ def end_to_end(dm, device: torch.device, size: int, batch: int, steps: int, repe
     model = LSTMTagger(num_tags=dm.num_tags).to(device)
     model.train()
     model.backbone.requires_grad_(True).to(memory_format=torch.channels_last)
-    optimizer = model.configure_optimizers()["optimizer"]
+    optimizer = model.configure_optimizers()
     optimizer.add_param_group({"params": list(model.backbone.parameters()), "lr": 1e-5, "weight_decay": 1e-3})
     transform = ImageTransform(size, model.backbone.mean, model.backbone.std)
     dataset = RankedTagDataset(dm.rows("train"), dm.targets, dm.paths, None, transform, pixels=dm.decoded_images(transform))
