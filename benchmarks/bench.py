@@ -92,7 +92,6 @@ class Setup:
         self.dm = build_data(self.cfg)
         self.model = build_model(self.cfg, self.dm.num_tags)
         attach_inputs(self.cfg, self.dm, self.model, need_images=False)
-        self.transform = None
 
     def feature_batches(self, n: int) -> list[dict[str, torch.Tensor]]:
         rows = self.dm.rows("train")
@@ -300,11 +299,7 @@ def bench_metrics(repeats: int, n: int = 10_000) -> dict[str, dict]:
 # -- 6. memory --------------------------------------------------------------------------------------------
 def flickr8k_available() -> str | None:
     """Why the Flickr8k memory figure cannot run here, or None when it can."""
-    if not (ROOT / "conf" / "data" / "flickr8k.yaml").is_file():
-        return "conf/data/flickr8k.yaml is not there yet (the Flickr8k converter)"
-    if not (SHARED / "flickr8k").is_dir():
-        return f"{SHARED / 'flickr8k'} is absent"
-    return None
+    return None if (SHARED / "flickr8k").is_dir() else f"{SHARED / 'flickr8k'} is absent"
 
 
 def bench_memory(data: list[str], label: str) -> dict[str, dict]:
@@ -316,6 +311,7 @@ def bench_memory(data: list[str], label: str) -> dict[str, dict]:
            "trainer.max_epochs=-1", "trainer.val_check_interval=50", "trainer.limit_val_batches=2",
            "trainer.check_val_every_n_epoch=null", "test=false", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={out}"]
+    # A wrapper process, so that its RUSAGE_CHILDREN peak is this run's alone (ours is the max over all children).
     code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
             "sys.stderr.write(p.stderr[-3000:]) if p.returncode else None; "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
@@ -324,7 +320,7 @@ def bench_memory(data: list[str], label: str) -> dict[str, dict]:
         raise RuntimeError(f"the memory run failed: {proc.stderr[-2000:]}")
     peak = int(proc.stdout.split()[-1]) / 1024  # MiB
     cache = Path(os.environ.get("TAGRANK_CACHE", "~/.cache/tagrank")).expanduser()
-    log = (out / "train.log").read_text()
+    log = (out / "train.log").read_text()  # names the cache files it reused ("features: reusing <path>")
     used = [Path(w) for w in log.split() if w.startswith(str(cache)) and Path(w).is_file()]
     size = sum(p.stat().st_size for p in set(used)) / 2**20
     return {f"memory_{label}": figure(peak, "MiB", size, peak / size, None, None)}
