@@ -8,6 +8,10 @@ Definitions (for a predicted ranked list P and a ground-truth ordered list G of 
   order; NDCG@k = DCG@k / IDCG@k.
 - Precision@k = |{P_1..P_k} ∩ G| / k.
 
+A predicted list may be shorter than k (a captioning decoder that stopped; the batch form pads it with
+-1) and may name a tag twice: the missing places and every repeat of a tag after its first occurrence
+are misses (no gain, no hit), so a list cannot score a tag twice.
+
 Images whose ground truth is empty (every tag fell out of the vocabulary) have no defined NDCG: they are
 left out of the means and counted. The plain-list functions are the reference; the batch
 :class:`RankingMetrics` is a torchmetrics ``Metric`` with sum states, so DDP reduces it exactly.
@@ -42,19 +46,25 @@ def _dcg(gains: Sequence[float], k: int) -> float:
 
 
 def ndcg_at_k(predicted: Sequence[Hashable], truth: Sequence[Hashable], k: int, relevance: str = "linear") -> float:
-    """NDCG@k of one predicted ranked list against one ground-truth ordered list (distinct tags)."""
+    """NDCG@k of one predicted ranked list against one ground-truth ordered list of distinct tags; a
+    repeated prediction gains nothing after its first occurrence."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if not truth:
         raise ValueError("NDCG is undefined for an empty ground truth")
     n = len(truth)
     rel = {tag: relevance_of(r, n, relevance) for r, tag in enumerate(truth, start=1)}
-    dcg = _dcg([rel.get(tag, 0.0) for tag in predicted], k)
+    seen: set = set()
+    gains = []
+    for tag in predicted[:k]:
+        gains.append(0.0 if tag in seen else rel.get(tag, 0.0))
+        seen.add(tag)
+    dcg = _dcg(gains, k)
     return dcg / _dcg([rel[tag] for tag in truth], k)
 
 
 def precision_at_k(predicted: Sequence[Hashable], truth: Sequence[Hashable], k: int) -> float:
-    """Precision@k: the share of the first k predictions that are in the ground truth."""
+    """Precision@k: the share of the first k places that hold a ground-truth tag (each tag counted once)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return len(set(predicted[:k]) & set(truth)) / k
@@ -64,7 +74,8 @@ class RankingMetrics(Metric):
     """NDCG@k and P@k for k = 1..``k_max`` over a stream of batches, and their means over k.
 
     ``update(preds, target)`` takes tag ids: ``preds`` [B, K] ranked predictions, ``target`` [B, L]
-    ground-truth lists in order; both padded with negative ids. ``compute()`` returns a dict with keys
+    ground-truth lists in order; both padded with negative ids. A repeated prediction is a miss after its
+    first occurrence. ``compute()`` returns a dict with keys
     ``ndcg@k``, ``p@k``, ``ndcg_mean``, ``p_mean``, ``n_images`` (scored) and ``n_empty`` (left out).
     """
 
@@ -107,7 +118,9 @@ class RankingMetrics(Metric):
         if preds.numel() == 0:
             return
         rel_truth = self._relevance(valid)  # [B, L]
-        match = (preds[:, :, None] == target[:, None, :]) & valid[:, None, :] & (preds[:, :, None] >= 0)
+        same = preds[:, :, None] == preds[:, None, :]  # [B, K, K]
+        first = ~(same & torch.ones(k, k, dtype=torch.bool, device=preds.device).tril(-1)).any(-1)  # not seen before
+        match = (preds[:, :, None] == target[:, None, :]) & valid[:, None, :] & (preds >= 0)[:, :, None] & first[:, :, None]
         rel_pred = (match.double() * rel_truth[:, None, :]).sum(-1)  # [B, K]
         discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=preds.device, dtype=torch.float64))
         dcg = torch.cumsum((2.0**rel_pred - 1.0) * discount, dim=1)

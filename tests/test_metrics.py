@@ -116,3 +116,44 @@ def test_format_table_lists_every_k():
     metric.update(*_random_batch(rng, 8, 12, 10)[:2])
     text = format_table({k: float(v) for k, v in metric.compute().items()})
     assert "@10" in text and "NDCG" in text and "mean" in text
+
+
+def test_a_repeated_or_missing_prediction_is_a_miss():
+    truth = ["a", "b", "c"]  # linear relevance 3, 2, 1
+    # "a" twice: the second "a" gains nothing, exactly as if that place were empty.
+    assert ndcg_at_k(["a", "a", "b"], truth, 3) == pytest.approx(ndcg_at_k(["a", "x", "b"], truth, 3))
+    assert ndcg_at_k(["a", "a", "b"], truth, 3) < ndcg_at_k(["a", "b", "c"], truth, 3)
+    assert precision_at_k(["a", "a", "b"], truth, 3) == pytest.approx(2 / 3)
+    assert precision_at_k(["a", "a", "a"], truth, 3) == pytest.approx(1 / 3)
+    # A list that stopped early (one tag of k = 3) scores its missing places as misses.
+    assert precision_at_k(["a"], truth, 3) == pytest.approx(1 / 3)
+    assert ndcg_at_k(["a"], truth, 3) == pytest.approx(ndcg_at_k(["a", "x", "y"], truth, 3))
+
+
+@pytest.mark.parametrize("kind", ["linear", "inverse_log", "binary"])
+def test_metric_class_scores_repeats_and_padding_like_plain_functions(kind):
+    """Lists with repeated tags and -1 padding (a captioning decoder's output): both forms agree."""
+    rng = random.Random(4)
+    metric = RankingMetrics(k_max=10, relevance=kind)
+    preds = torch.full((60, 10), -1, dtype=torch.long)
+    target = torch.full((60, 6), -1, dtype=torch.long)
+    lists = []
+    for i in range(60):
+        truth = rng.sample(range(8), rng.randint(1, 6))
+        pred = [rng.randrange(8) for _ in range(rng.randint(0, 10))]  # repeats likely, some short
+        target[i, : len(truth)] = torch.tensor(truth)
+        preds[i, : len(pred)] = torch.tensor(pred, dtype=torch.long)
+        lists.append((pred, truth))
+    assert sum(len(set(p)) < len(p) for p, _ in lists) > 30 and sum(len(p) < 10 for p, _ in lists) > 30
+    metric.update(preds, target)
+    out = metric.compute()
+    for k in range(1, 11):
+        assert float(out[f"ndcg@{k}"]) == pytest.approx(np.mean([ndcg_at_k(p, t, k, kind) for p, t in lists]), abs=1e-12)
+        assert float(out[f"p@{k}"]) == pytest.approx(np.mean([precision_at_k(p, t, k) for p, t in lists]), abs=1e-12)
+    # A repeat never scores more than the list with that place left empty.
+    repeated = RankingMetrics(k_max=3, relevance=kind)
+    repeated.update(torch.tensor([[1, 1, 1]]), torch.tensor([[1, 2]]))
+    single = RankingMetrics(k_max=3, relevance=kind)
+    single.update(torch.tensor([[1, -1, -1]]), torch.tensor([[1, 2]]))
+    a, b = repeated.compute(), single.compute()
+    assert all(float(a[key]) == float(b[key]) for key in a)
