@@ -59,7 +59,8 @@ class RankedTagger(LightningModule):
         raise NotImplementedError
 
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Ranked tag ids [B, top_k], best first, no tag twice."""
+        """Ranked tag ids [B, top_k], best first. -1 pads a list that ended early; a tag emitted twice (a
+        captioning decoder can) scores as a miss the second time (see :mod:`tagrank.metrics`)."""
         raise NotImplementedError
 
     # -- shared machinery -----------------------------------------------------------------------
@@ -167,6 +168,44 @@ class RankedTagger(LightningModule):
             shards: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(shards, self.test_predictions)
             self.test_predictions = [p for shard in shards for p in shard]
+
+
+class SolvedTagger(RankedTagger):
+    """A method fitted in one solve on the training split, not by gradient steps (the frequency prior,
+    the SVMs): :meth:`fit_training_split` runs when fitting starts; one pass over the training loader
+    then logs the training loss, after which the run stops itself (more epochs could not change
+    anything). Checkpoints, validation, test metrics and predictions go through the same Trainer path as
+    every other method. Subclasses pass the training loss as ``loss`` like any method.
+    """
+
+    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: PositiveInt = 10,
+                 relevance: Relevance = "linear") -> None:
+        super().__init__(num_tags, backbone, top_k, relevance)
+        self.automatic_optimization = False
+
+    def fit_training_split(self, dm) -> None:
+        """Fit the model from the data module's training split (``dm.rows("train")``), in place."""
+        raise NotImplementedError
+
+    def on_fit_start(self) -> None:
+        # From the data module itself, not from the batches: exact under DDP (no sampler padding counted
+        # twice) and after a run resumed mid-epoch.
+        self.fit_training_split(self.trainer.datamodule)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)  # the training loss of the fitted model, for the logs
+        self.optimizers().step()  # a no-op optimiser, but it counts the step (checkpointing follows steps)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.trainer.should_stop = True  # one solve is the whole fit
+
+    def configure_optimizers(self):
+        return None
+
+
+# There is nothing to optimise by gradient in a SolvedTagger: Lightning says so once per fit.
+warnings.filterwarnings("ignore", message=r".*configure_optimizers. returned .None., this fit will run with no optimizer")
 
 
 Factor = Annotated[float, Interval(gt=0, lt=1)]  # the learning rate is multiplied by it on a plateau

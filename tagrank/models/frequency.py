@@ -2,10 +2,9 @@
 
 Nothing is learned by gradient: fitting counts how often each tag occurs in the training split (the
 ``counts`` buffer, saved in the checkpoint); one pass over the training loader logs the prior's loss,
-after which the run stops itself (more epochs could not change anything). It still goes through the
-same Trainer path as every other method, so its checkpoint, validation, test metrics and predictions are written like theirs. Ranking is by
-count, ties by tag id; the vocabulary is already ordered by training frequency, so the result equals
-the ``frequency_prior`` block of every run's ``metrics.json``.
+after which the run stops itself (:class:`~tagrank.models.base.SolvedTagger`). Ranking is by count, ties
+by tag id; the vocabulary is already ordered by training frequency, so the result equals the
+``frequency_prior`` block of every run's ``metrics.json``.
 
 The logged loss is the cross-entropy of each image's ground-truth tags under the add-one-smoothed tag
 distribution (summed over the list, averaged over images): the score of a unigram "model".
@@ -13,40 +12,23 @@ distribution (summed over the list, averaged over images): the score of a unigra
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from tagrank.config import PositiveInt
 from tagrank.metrics import Relevance
-from tagrank.models.base import RankedTagger
-
-# There is nothing to optimise: Lightning says so once per fit.
-warnings.filterwarnings("ignore", message=r".*configure_optimizers. returned .None., this fit will run with no optimizer")
+from tagrank.models.base import SolvedTagger
 
 
-class FrequencyPrior(RankedTagger):
+class FrequencyPrior(SolvedTagger):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: PositiveInt = 10,
                  relevance: Relevance = "linear") -> None:
         super().__init__(num_tags, backbone, top_k, relevance)
         self.save_hyperparameters()
-        self.automatic_optimization = False
         self.register_buffer("counts", torch.zeros(num_tags, dtype=torch.long))
 
-    def on_fit_start(self) -> None:
-        # Counted from the training split itself, not from the batches: exact under DDP (no sampler
-        # padding counted twice) and after a run resumed mid-epoch.
-        dm = self.trainer.datamodule
+    def fit_training_split(self, dm) -> None:
         target = dm.targets[dm.rows("train")]
         self.counts.copy_(torch.bincount(target[target >= 0], minlength=self.num_tags))
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = super().training_step(batch, batch_idx)  # the training loss of the prior, for the logs
-        self.optimizers().step()  # a no-op optimiser, but it counts the step (checkpointing follows steps)
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.trainer.should_stop = True  # one counting pass is the whole fit
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["target"]
@@ -56,6 +38,3 @@ class FrequencyPrior(RankedTagger):
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         order = torch.sort(self.counts, descending=True, stable=True).indices[: self.top_k]
         return order.expand(len(batch["target"]), -1)
-
-    def configure_optimizers(self):
-        return None
