@@ -6,19 +6,21 @@ ground-truth rank: the tag at rank r of n gets grade n - r + 1, an absent tag gr
 grade(a) > grade(b) is a constraint s_a - s_b >= 1 - xi_ab: each ground-truth tag outranks each absent
 tag, and a higher-ranked ground-truth tag outranks a lower one. The primal, per training image:
 
-    J(W, b) = ||W||^2 / (2 C n)  +  (1/n) sum_i sum_{(a, b) in pairs(i)} hinge(s_a(x_i) - s_b(x_i))
+    J(W, b) = ||W||^2 / (2 C n)  +  (1/n) sum_i sum_{(a, b) in pairs(i)} l(s_a(x_i) - s_b(x_i))
 
-(Joachims' 1/2 ||w||^2 + C sum xi divided by C n), optimised like :class:`~tagrank.models.svm.LinearSVM`
-(same feature scaling, Adam, cosine-annealed learning rate). Tags are ranked by score.
+(Joachims' 1/2 ||w||^2 + C sum xi divided by C n), with l the squared hinge (the L2-loss ranking SVM),
+solved like :class:`~tagrank.models.svm.LinearSVM`: full-batch L-BFGS on the cached features, C chosen on
+the validation split (``C=auto``), the same feature scaling. Tags are ranked by score.
+
+The higher-graded tag a of every pair is on the image's ground-truth list, so the pair terms are computed
+per filled list place ([places, tags]: about V x list length pairs an image), never [images, tags, tags].
 """
 
 from __future__ import annotations
 
 import torch
 
-from tagrank.config import PositiveFloat, PositiveInt
-from tagrank.metrics import Relevance
-from tagrank.models.svm import LinearSVM, Loss, Scaling, hinge
+from tagrank.models.svm import LinearSVM, hinge
 
 
 def grades(target: torch.Tensor, num_tags: int) -> torch.Tensor:
@@ -31,19 +33,28 @@ def grades(target: torch.Tensor, num_tags: int) -> torch.Tensor:
     return g[:, :num_tags]
 
 
-def pairwise_hinge(scores: torch.Tensor, target: torch.Tensor, kind: str = "hinge") -> torch.Tensor:
-    """Per-image sum over ordered pairs (grade a > grade b) of hinge(s_a - s_b) [B]."""
-    g = grades(target, scores.shape[1])
-    pairs = g[:, :, None] > g[:, None, :]  # [B, a, b]
-    margin = scores[:, :, None] - scores[:, None, :]
-    return (hinge(margin, kind) * pairs).sum((1, 2))
+def pairwise_hinge(scores: torch.Tensor, target: torch.Tensor, kind: str = "squared_hinge") -> torch.Tensor:
+    """Per-image sum over ordered pairs (grade a > grade b) of hinge(s_a - s_b) [B].
+
+    The higher tag a of a pair is on the ground-truth list, so the pairs are taken per list place (only
+    the filled ones): [places, V], never [B, V, V].
+    """
+    g = grades(target, scores.shape[1])  # [B, V]
+    image, place = (target >= 0).nonzero(as_tuple=True)
+    a = target[image, place]
+    pairs = g[image, a][:, None] > g[image]  # [places, V]
+    margin = scores[image, a][:, None] - scores[image]
+    per_place = (hinge(margin, kind) * pairs).sum(-1)
+    return torch.zeros(len(target), dtype=scores.dtype, device=scores.device).index_add(0, image, per_place)
 
 
 class RankSVM(LinearSVM):
-    def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", C: PositiveFloat = 1.0,
-                 loss: Loss = "hinge", scaling: Scaling = "l2", lr: PositiveFloat = 0.01, top_k: PositiveInt = 10,
-                 relevance: Relevance = "linear") -> None:
-        super().__init__(num_tags, backbone, C, loss, scaling, lr, top_k, relevance)
+    def curvature(self, target: torch.Tensor) -> float:
+        """The data term's mean second derivative in one score at W = 0 (for the solver's whitening): a
+        tag in d pairs of an image gets 2d; an image with n of the V tags has nV - n(n+1)/2 pairs, each
+        touching two scores."""
+        n = (target >= 0).sum(-1).double()
+        return float((4 * (n * self.num_tags - n * (n + 1) / 2) / self.num_tags).mean())
 
     def data_term(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return pairwise_hinge(scores, target, self.hparams.loss)
