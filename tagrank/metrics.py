@@ -120,7 +120,8 @@ class RankingMetrics(Metric):
         rel_truth = self._relevance(valid)  # [B, L]
         same = preds[:, :, None] == preds[:, None, :]  # [B, K, K]
         first = ~(same & torch.ones(k, k, dtype=torch.bool, device=preds.device).tril(-1)).any(-1)  # not seen before
-        match = (preds[:, :, None] == target[:, None, :]) & valid[:, None, :] & (preds >= 0)[:, :, None] & first[:, :, None]
+        counted = (preds >= 0) & first  # a real tag, at its first occurrence
+        match = (preds[:, :, None] == target[:, None, :]) & valid[:, None, :] & counted[:, :, None]
         rel_pred = (match.double() * rel_truth[:, None, :]).sum(-1)  # [B, K]
         discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=preds.device, dtype=torch.float64))
         dcg = torch.cumsum((2.0**rel_pred - 1.0) * discount, dim=1)

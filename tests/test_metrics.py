@@ -148,8 +148,10 @@ def test_metric_class_scores_repeats_and_padding_like_plain_functions(kind):
     metric.update(preds, target)
     out = metric.compute()
     for k in range(1, 11):
-        assert float(out[f"ndcg@{k}"]) == pytest.approx(np.mean([ndcg_at_k(p, t, k, kind) for p, t in lists]), abs=1e-12)
-        assert float(out[f"p@{k}"]) == pytest.approx(np.mean([precision_at_k(p, t, k) for p, t in lists]), abs=1e-12)
+        want_ndcg = np.mean([ndcg_at_k(p, t, k, kind) for p, t in lists])
+        want_p = np.mean([precision_at_k(p, t, k) for p, t in lists])
+        assert float(out[f"ndcg@{k}"]) == pytest.approx(want_ndcg, abs=1e-12)
+        assert float(out[f"p@{k}"]) == pytest.approx(want_p, abs=1e-12)
     # A repeat never scores more than the list with that place left empty.
     repeated = RankingMetrics(k_max=3, relevance=kind)
     repeated.update(torch.tensor([[1, 1, 1]]), torch.tensor([[1, 2]]))
