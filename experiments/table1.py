@@ -7,7 +7,7 @@
 
 1. Runs every method x seed as Hydra multiruns of the real ``tagrank-train``
    (``tagrank-train -m model=svm,svm_rank,frequency seed=0,1,2 data=<data> hydra.sweep.dir=<sweep>/frozen``);
-   then the recurrent methods (lstm, naive_rnn) with their staged fine-tuning schedule (``finetune``,
+   then the recurrent methods (lstm, naive_rnn, naive_rnn_captioning) with their staged fine-tuning schedule (``finetune``,
    below), as ``jobs`` multiruns at once into ``<sweep>/finetuned-<N>`` (by default one per method),
    as in the paper: the SVMs are trained on the frozen CNN's features, the RNNs fine-tune it. Any other ``key=value`` argument
    (``trainer.max_epochs=5``, ``data.root=...``) is passed to every run.
@@ -17,11 +17,11 @@
    with every method's list, sortable by NDCG and by the difference between two methods), and logs
    them to an "aggregate" run of the chosen logger (wandb: offline unless WANDB_MODE=online).
 
-Settings (key=value): data (synthetic), seeds (3), methods (lstm,svm,svm_rank,naive_rnn,frequency),
+Settings (key=value): data (synthetic), seeds (3), methods (lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,frequency),
 quick (false), logger (csv | tensorboard | wandb), results (results), sweep_dir (default
-``$TAGRANK_LOGS/table1/<data>/<time>``), aggregate (a finished sweep directory: skip step 1),
+``$TAGRANK_LOGS/table1/<data>/<time>``; an existing one gains the new runs beside its own), aggregate (a finished sweep directory: skip step 1),
 finetune (the recurrent methods' schedule as an experiment name; ``auto``: ``synthetic_finetune`` on
-data=synthetic, none in quick mode, otherwise the model config's own ``finetune_after_steps`` (the
+data=synthetic, ``flickr8k_finetune`` on data=flickr8k, none in quick mode, otherwise the model config's own ``finetune_after_steps`` (the
 paper's 7500) with the passed trainer settings; ``none``: frozen backbone for every method), jobs
 (how many recurrent-method multiruns run at once, the CPU threads shared between them; ``auto``: 2 on
 a machine with 2 or more CPUs).
@@ -39,14 +39,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")
 
-SETTINGS = {"data": "synthetic", "seeds": "3", "methods": "lstm,svm,svm_rank,naive_rnn,frequency", "quick": "false",
+SETTINGS = {"data": "synthetic", "seeds": "3", "methods": "lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,frequency", "quick": "false",
             "logger": "csv", "results": "results", "sweep_dir": "", "aggregate": "", "finetune": "auto", "jobs": "auto"}
-RECURRENT = ("lstm", "naive_rnn")  # the methods that fine-tune the backbone
+RECURRENT = ("lstm", "naive_rnn", "naive_rnn_captioning")  # the methods that fine-tune the backbone
+SCHEDULES = {"synthetic": "synthetic_finetune", "flickr8k": "flickr8k_finetune"}  # finetune=auto, per data
 
 # Quick mode: a small synthetic set at 64 px and short schedules; a smoke run of the whole pipeline.
 QUICK = ["data.n_train=1000", "data.n_val=200", "data.n_test=400", "data.image_size=64", "backbone.image_size=64",
@@ -80,7 +82,7 @@ def rnn_overrides(settings: dict[str, str]) -> list[str]:
     """The recurrent methods' schedule: an experiment config, or their model config's own."""
     choice = settings["finetune"]
     if choice == "auto":
-        choice = "synthetic_finetune" if settings["data"] == "synthetic" and settings["quick"].lower() != "true" else ""
+        choice = "" if settings["quick"].lower() == "true" else SCHEDULES.get(settings["data"], "")
     if choice == "none":
         return ["model.finetune_after_steps=0"]
     return [f"experiment={choice}"] if choice else []
@@ -136,14 +138,22 @@ def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) ->
                 f"hydra.sweep.dir={sweep_dir / folder}", *extra, *after]
 
     if frozen:
-        run_all("frozen", [[command(frozen, seeds, "frozen", [])]], sweep_dir, threads=None)
+        run_all("frozen", [[command(frozen, seeds, next(unused(sweep_dir, "frozen")), [])]], sweep_dir, threads=None)
     recurrent = [m for m in methods if m in RECURRENT]
     if recurrent:
         jobs = job_count(settings["jobs"])
         shares = split_runs(recurrent, seeds, jobs)
-        names = iter(f"finetuned-{i}" for i in range(1, 100))
+        names = unused(sweep_dir, "finetuned")
         commands = [[command([m], s, next(names), rnn_overrides(settings)) for m, s in share] for share in shares]
         run_all("finetuned", commands, sweep_dir, threads=max(1, (os.cpu_count() or 1) // len(shares)))
+
+
+def unused(sweep_dir: Path, stem: str) -> Iterator[str]:
+    """Folder names ``<stem>``, ``<stem>-1``, ... not yet in the sweep: a finished sweep given again as
+    ``sweep_dir`` (with more ``methods`` or seeds) gains runs beside its own, never over them."""
+    for name in [stem] * (stem == "frozen") + [f"{stem}-{i}" for i in range(1, 1000)]:
+        if not (sweep_dir / name).exists():
+            yield name
 
 
 def run_all(group: str, jobs: list[list[list[str]]], sweep_dir: Path, threads: int | None) -> None:
