@@ -32,6 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from tagrank.errors import TagrankError
+from tagrank.quiet import quiet
 
 log = logging.getLogger("tagrank")
 
@@ -211,7 +212,9 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run an entry point's task; a user error is one clear line and exit status 2, no traceback.
 
     In a multirun the error is raised instead, so the sweeper records a failed trial and goes on.
+    Framework messages a user cannot act on are filtered first (:func:`tagrank.quiet.quiet`).
     """
+    quiet()
     try:
         return task(cfg)
     except USER_ERRORS as err:

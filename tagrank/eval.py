@@ -47,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model_class = hydra.utils.get_class(checkpoint_class(ckpt))
     dm = instantiate(cfg.data, "data")
     check_backbone(cfg)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, enable_checkpointing=False)  # it writes none (nor offers Lightning's litmodels)
     model = model_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     dm.setup()
     if dm.num_tags != model.num_tags:

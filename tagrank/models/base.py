@@ -17,6 +17,7 @@ from typing import Annotated
 import torch
 from annotated_types import Interval
 from lightning import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
 from tagrank.callbacks import StagedFinetuning
@@ -24,15 +25,6 @@ from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, Relevance
 from tagrank.models.backbones import backbone_input, build_backbone
-
-# The ranking metrics are logged with sync_dist=False on purpose: torchmetrics has already reduced their
-# sum states across processes, so every rank holds the exact value. Lightning would warn once per key.
-warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level in distributed setting")
-
-
-# The backbone is in eval mode on purpose (see RankedTagger.train); Lightning warns about it every fit.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-
 
 class RankedTagger(LightningModule):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: PositiveInt = 10,
@@ -204,10 +196,6 @@ class SolvedTagger(RankedTagger):
         return None
 
 
-# There is nothing to optimise by gradient in a SolvedTagger: Lightning says so once per fit.
-warnings.filterwarnings("ignore", message=r".*configure_optimizers. returned .None., this fit will run with no optimizer")
-
-
 Factor = Annotated[float, Interval(gt=0, lt=1)]  # the learning rate is multiplied by it on a plateau
 
 
@@ -252,7 +240,9 @@ class RecurrentTagger(RankedTagger):
         self._plateau_state = checkpoint.get("lr_plateau")
 
     def configure_callbacks(self):
-        if self.hparams.finetune_after_steps > 0:
+        # For fit only: a trainer.test after trainer.fit still holds the one fit added, which this would
+        # replace (and Lightning would say so); testing needs no schedule.
+        if self.hparams.finetune_after_steps > 0 and self.trainer.state.fn == TrainerFn.FITTING:
             return [StagedFinetuning(self.hparams.finetune_after_steps, self.hparams.finetune_lr,
                                      self.hparams.finetune_weight_decay)]
         return []

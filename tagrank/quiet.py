@@ -1,0 +1,59 @@
+"""The one place where framework messages a user cannot act on are filtered out of a run's output.
+
+Each filter names one message precisely (and where Python warnings come from, the module that emits
+them), with the reason beside it; nothing else is silenced, so a new or actionable warning still
+shows. :func:`quiet` is called by every entry point as its task starts (``tagrank.config.run_cli``,
+also in each job of a sweep and each DDP process), not at import: code that imports tagrank as a
+library keeps Lightning's messages as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+# Python warnings: (message regex, category, module regex of the code that emits it), and why.
+WARNINGS: list[tuple[str, type[Warning], str]] = [
+    # torch >= 2.10 deprecates LeafSpec, which lightning 2.6's own pytree helper still builds: three
+    # times a run, and only a newer Lightning can fix it.
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
+    # RankedTagger.on_before_batch_transfer (the list lengths, read on the host) is meant to run with a
+    # DataModule; Lightning says it will use the model's hook, which is what we want.
+    (r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`",
+     UserWarning, r"lightning\.pytorch\."),
+    # The ranking metrics are logged with sync_dist=False on purpose: torchmetrics has already reduced
+    # their sum states across processes, so every rank holds the exact value. Lightning warns per key.
+    (r".*sync_dist=True.*when logging on epoch level in distributed setting", UserWarning,
+     r"lightning\.pytorch\."),
+    # The backbone is in eval mode on purpose (BatchNorm frozen: see RankedTagger.train); Lightning
+    # warns about it at every fit.
+    (r".*module\(s\) in eval mode at the start of training", UserWarning, r"lightning\.pytorch\."),
+    # A SolvedTagger (frequency prior, SVMs) has nothing to optimise by gradient: one solve is its fit.
+    (r".*configure_optimizers. returned .None., this fit will run with no optimizer", UserWarning,
+     r"lightning\.pytorch\."),
+]
+
+# Lightning's info lines (logger ``lightning.pytorch.utilities.rank_zero``), and why.
+LIGHTNING_INFO = re.compile("|".join([
+    # Advertisements for Lightning's cloud services (litlogger, litmodels); Lightning has no switch for
+    # them (Lightning-AI/pytorch-lightning#21294) and tagrank never uploads anything.
+    r"💡 Tip: For seamless cloud .*\[lit(logger|models)\]",
+    # "GPU available: False, used: False" / "TPU available: False, using: 0 TPU cores": the run summary
+    # names the device; "GPU available but not used" (a setting to change) is a warning and still shows.
+    r"GPU available: ", r"TPU available: ",
+]))
+RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not LIGHTNING_INFO.match(record.getMessage())
+
+
+def quiet() -> None:
+    """Install the filters above (once per process; calling it again changes nothing)."""
+    for message, category, module in WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    logger = logging.getLogger(RANK_ZERO_LOGGER)
+    if _not_noise not in logger.filters:
+        logger.addFilter(_not_noise)
