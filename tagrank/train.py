@@ -7,8 +7,9 @@
     tagrank-train -m seed=1,2,3 | hparams_search=lstm_optuna [launcher=slurm]   # sweeps
 
 Reads top to bottom: compose config -> check every setting that needs no data -> data (built once,
-cached) -> model with pretrained backbone -> features (cached) -> fit -> test best checkpoint -> table
-+ metrics.json. Returns the metric a sweeper optimises (``optimized_metric``, default ``val/ndcg_mean``).
+cached) -> model with pretrained backbone -> run summary -> features (cached) -> fit -> test best
+checkpoint -> table + metrics.json + README.md (the run's model card). Returns the metric a sweeper
+optimises (``optimized_metric``, default ``val/ndcg_mean``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tagrank.errors import TagrankError
 from tagrank.models.backbones import resolve_weights
 from tagrank.pipeline import (attach_inputs, build_model, build_trainer, check_backbone, checkpoint_class,
                               keep_previous_csv, planned_steps, report)
+from tagrank.report.card import describe, log_summary, write_card
 
 log = logging.getLogger("tagrank")
 
@@ -55,11 +57,11 @@ def train(cfg: DictConfig) -> float | None:
     model = build_model(cfg, dm.num_tags)
     if ckpt_path:
         check_weights_fit(ckpt_path, model)
-    finetune_at = model.hparams.get("finetune_after_steps", 0)
-    need_images = 0 < finetune_at < planned_steps(cfg, dm)
-    if finetune_at > 0 and not need_images:
-        log.warning("model.finetune_after_steps=%d is beyond this run's %d steps: the backbone stays frozen",
-                    finetune_at, planned_steps(cfg, dm))
+    planned = planned_steps(cfg, dm)
+    need_images = 0 < model.hparams.get("finetune_after_steps", 0) < planned
+    facts = describe(cfg, dm, model, planned)  # also says whether the backbone will be fine-tuned
+    if trainer.is_global_zero:
+        log_summary(out_dir, facts)
     # Computing the features (when they are not cached yet) must not move the random stream training
     # draws from: a run gives the same result with or without a feature cache.
     with extraction_device(cfg, model), torch.random.fork_rng(devices=[]):
@@ -71,11 +73,15 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         validate_if_never_validated(trainer, model, dm)
         fitted = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        tested = None
         if cfg.get("test") and not trainer.fast_dev_run:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            tested = f"test split, {best or 'last weights'}"
             metrics = trainer.test(model, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)[0]
             if trainer.is_global_zero:  # under DDP every rank has the same (synchronised) numbers
-                report(dm, model, metrics, out_dir, title=f"test split, {best or 'last weights'}")
+                report(dm, model, metrics, out_dir, title=tested)
+        if trainer.is_global_zero:
+            write_card(out_dir, facts, trainer, model, tested)
     finally:
         _finish_wandb()  # Lightning has finalized the loggers ("success" or "failed")
     value = best_score(trainer, cfg.get("optimized_metric") or "", fitted)
