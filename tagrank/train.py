@@ -165,8 +165,10 @@ def validate_if_never_validated(trainer: L.Trainer, model: L.LightningModule, dm
     metrics = {**trainer.callback_metrics, "epoch": torch.tensor(trainer.current_epoch),
                "step": torch.tensor(trainer.global_step)}
     path = ckpt.format_checkpoint_name(metrics)
-    trainer.save_checkpoint(path)
+    # Chosen before it is written, so the checkpoint's own ModelCheckpoint state names it (trainer.test
+    # restores that state from it).
     ckpt.best_model_path, ckpt.best_model_score = path, metrics[ckpt.monitor]
+    trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, as ModelCheckpoint writes
     log.info("no validation during the %d training steps: validated the final weights (%s %.4f) and saved them as %s",
              trainer.global_step, ckpt.monitor, float(ckpt.best_model_score), path)
 

@@ -69,9 +69,9 @@ def command() -> str:
     return shlex.join(["tagrank-train", *overrides])
 
 
-def git_commit() -> str:
-    """The commit of the tagrank code that ran, "(dirty)" when its tracked files had changes."""
-    package = Path(tagrank.__file__).resolve().parent
+def git_commit(package: Path = Path(tagrank.__file__).resolve().parent) -> str:
+    """The commit of the tagrank code that ran (``package``), "(dirty)" when its tracked files had changes."""
+    package = Path(package).resolve()
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=30,
