@@ -41,8 +41,10 @@ def console(script: str, args: list[str], cwd: Path, cache: Path) -> str:
 
 
 def noise_in(output: str) -> dict[str, list[str]]:
+    """The output's lines that match each kind of noise (none, in a quiet run)."""
     lines = output.splitlines()
-    return {name: hits for name, pattern in NOISE.items() if (hits := [line for line in lines if re.search(pattern, line)])}
+    found = {name: [line for line in lines if re.search(pattern, line)] for name, pattern in NOISE.items()}
+    return {name: hits for name, hits in found.items() if hits}
 
 
 @pytest.fixture(scope="module")
