@@ -32,7 +32,19 @@ WARNINGS: list[tuple[str, type[Warning], str]] = [
     # A SolvedTagger (frequency prior, SVMs) has nothing to optimise by gradient: one solve is its fit.
     (r".*configure_optimizers. returned .None., this fit will run with no optimizer", UserWarning,
      r"lightning\.pytorch\."),
+    # A run resumed mid-epoch continues the epoch's order where its checkpoint left it: the DataModule
+    # saves and restores it (RankedTagDataModule.state_dict), which Lightning's check of the loader misses.
+    (r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable",
+     UserWarning, r"lightning\.pytorch\.loops\.training_epoch_loop"),
+    # A resumed run's csv/ folder: "Previous log files ... will be deleted" is untrue here, as
+    # pipeline.keep_previous_csv has kept the earlier sessions' metrics.csv as metrics-N.csv.
+    (r"Experiment logs directory .* exists and is not empty", UserWarning, r"lightning\.fabric\.loggers\.csv_logs"),
 ]
+
+# Only in a run that continues another (train.py installs it then): the folder is that run's own. In a
+# new run the warning still shows (hydra.run.dir pointed at a folder with checkpoints in it).
+RESUMING = (r"Checkpoint directory .* exists and is not empty", UserWarning,
+            r"lightning\.pytorch\.callbacks\.model_checkpoint")
 
 # Lightning's info lines (logger ``lightning.pytorch.utilities.rank_zero``), and why.
 LIGHTNING_INFO = re.compile("|".join([
@@ -57,3 +69,9 @@ def quiet() -> None:
     logger = logging.getLogger(RANK_ZERO_LOGGER)
     if _not_noise not in logger.filters:
         logger.addFilter(_not_noise)
+
+
+def quiet_resumed() -> None:
+    """The filter for a run that resumes into its own run directory (:data:`RESUMING`)."""
+    message, category, module = RESUMING
+    warnings.filterwarnings("ignore", message=message, category=category, module=module)

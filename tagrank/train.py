@@ -34,6 +34,7 @@ from tagrank.errors import TagrankError
 from tagrank.models.backbones import resolve_weights
 from tagrank.pipeline import (attach_inputs, build_model, build_trainer, check_backbone, checkpoint_class,
                               keep_previous_csv, planned_steps, report)
+from tagrank.quiet import quiet_resumed
 from tagrank.report.card import describe, log_summary, write_card
 
 log = logging.getLogger("tagrank")
@@ -45,6 +46,8 @@ def train(cfg: DictConfig) -> float | None:
     # dataset build. Nothing is written into a run directory being resumed before these pass.
     check_wandb(cfg)
     ckpt_path = resume_point(cfg)
+    if ckpt_path:
+        quiet_resumed()  # its checkpoints/ folder is its own
     dm = instantiate(cfg.data, "data")  # its settings and the source's (nothing read yet)
     check_node(cfg.model, "model")  # the model itself is built once the vocabulary size is known
     check_backbone(cfg)

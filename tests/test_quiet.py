@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,22 @@ def test_eval_prints_no_framework_noise(trained, cache_dir):
                   run.parents[3], cache_dir)
     assert noise_in(out) == {}
     assert ndcg_row(out[out.index("test split, "):]) == ndcg_row((run / "README.md").read_text().split("## Test")[1])
+
+
+def test_resumed_run_prints_no_noise_and_its_card_names_both_commands(trained, cache_dir, tmp_path):
+    run, _ = trained
+    copy = tmp_path / "logs/train/runs" / run.name  # resuming continues the run in place: resume a copy
+    shutil.copytree(run, copy)
+    out = console("tagrank-train", [*TINY, "trainer.max_steps=4", f"ckpt_path={copy}/checkpoints/last.ckpt"],
+                  tmp_path, cache_dir)
+    # The copy is a moved run, which Lightning rightly notes (its best score is not reloaded); nothing else.
+    moved = "model_checkpoint.py:566: The dirpath has changed from"
+    assert noise_in("\n".join(line for line in out.splitlines() if moved not in line)) == {}
+    assert "exists and is not empty" not in out
+    card = (copy / "README.md").read_text()
+    assert f"- **command**: `tagrank-train {' '.join(TINY)} trainer.max_steps=3`" in card
+    assert f"- **resumed by**: `tagrank-train {' '.join(TINY)} trainer.max_steps=4 ckpt_path={copy}/" in card
+    assert "- **trained**: 4 steps; kept best.ckpt" in card
 
 
 def test_commit_says_dirty_and_not_a_git_checkout(tmp_path):
