@@ -10,4 +10,5 @@ same functions:
 - :mod:`~tagrank.report.figures`: Fig. 3 (quality against k) and Fig. 4 (example images), matplotlib.
 - :mod:`~tagrank.report.loggers`: the same table and figures to a W&B or TensorBoard "aggregate" run.
 - :mod:`~tagrank.report.html`: ``report.html``, the test photos with every method's list, to look through.
+- :mod:`~tagrank.report.ablations`: issue 15's ablations (set against order, relevance grades, training orders).
 """
