@@ -1,7 +1,7 @@
 """One Dataset and one LightningDataModule for every manifest.
 
 A batch is a dict: ``index`` (row in the manifest), ``target`` (tag ids in ground-truth order, padded
-with -1), and ``features`` (cached backbone features) and/or ``image`` (uint8 pixels [3, S, S], resized;
+with -1; the training split's in ``data.train_order``, the human order by default), and ``features`` (cached backbone features) and/or ``image`` (uint8 pixels [3, S, S], resized;
 the model normalises whole batches on its device: ``backbone_input``), depending on whether the
 backbone is frozen for the whole run or fine-tuned.
 """
