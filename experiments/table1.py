@@ -120,10 +120,7 @@ def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) ->
     convolutions are small), so two runs of one thread each finish sooner than the same runs one
     after another with two threads each; and on a loaded machine two threads that wait for each
     other lose several times over. ``jobs=1`` runs them one after another."""
-    exe = Path(sys.executable).parent / "tagrank-train"
-    train = str(exe) if exe.is_file() else shutil.which("tagrank-train")
-    if not train:
-        raise TagrankError("tagrank-train is not installed (pip install -e .)")
+    train = train_executable()
     quick = settings["quick"].lower() == "true"
     seeds = list(range(int(settings["seeds"])))
     methods = [m for m in settings["methods"].split(",") if m]
@@ -146,6 +143,15 @@ def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) ->
         names = unused(sweep_dir, "finetuned")
         commands = [[command([m], s, next(names), rnn_overrides(settings)) for m, s in share] for share in shares]
         run_all("finetuned", commands, sweep_dir, threads=max(1, (os.cpu_count() or 1) // len(shares)))
+
+
+def train_executable() -> str:
+    """``tagrank-train`` beside this Python (its venv), else on the PATH."""
+    exe = Path(sys.executable).parent / "tagrank-train"
+    train = str(exe) if exe.is_file() else shutil.which("tagrank-train")
+    if not train:
+        raise TagrankError("tagrank-train is not installed (pip install -e .)")
+    return train
 
 
 def unused(sweep_dir: Path, stem: str) -> Iterator[str]:

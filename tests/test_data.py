@@ -198,3 +198,42 @@ def test_datamodule_batches_and_unreadable_image(tmp_path):
     dm.use_images(transform)
     with pytest.raises(TagrankError, match=r"000008.jpg: cannot read image"):
         next(iter(dm.val_dataloader()))
+
+
+def _lists(dm: RankedTagDataModule, split: str) -> list[list[str]]:
+    return [dm.vocab.decode(i for i in dm.targets[row].tolist() if i >= 0) for row in dm.rows(split)]
+
+
+@pytest.mark.parametrize("order", ["frequency", "rare_first", "random"])
+def test_train_order_reorders_the_training_lists_only(tmp_path, monkeypatch, order):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    human = _module(tmp_path, n_train=40, n_val=10, n_test=10)
+    human.setup()
+    dm = _module(tmp_path, n_train=40, n_val=10, n_test=10, train_order=order)
+    dm.setup()
+    for split in ("val", "test"):  # what is scored stays the human order
+        assert _lists(dm, split) == _lists(human, split)
+    count = human.vocab.counts
+    changed = 0
+    for before, after in zip(_lists(human, "train"), _lists(dm, "train")):
+        assert sorted(after) == sorted(before)  # the same set
+        changed += after != before
+        if order == "frequency":
+            assert after == sorted(before, key=lambda t: (-count[t], t))
+        elif order == "rare_first":
+            assert after == sorted(before, key=lambda t: (-count[t], t))[::-1]  # frequency order reversed
+    assert changed > 10  # the synthetic annotator's order is not frequency order, nor is a random one
+    if order == "random":  # the same permutation in another module with the run's seed; another seed differs
+        again = _module(tmp_path, n_train=40, n_val=10, n_test=10, train_order=order)
+        again.setup()
+        assert _lists(again, "train") == _lists(dm, "train")
+        monkeypatch.setenv("PL_GLOBAL_SEED", "4")
+        other = _module(tmp_path, n_train=40, n_val=10, n_test=10, train_order=order)
+        other.setup()
+        assert _lists(other, "train") != _lists(dm, "train")
+
+
+def test_a_wrong_train_order_is_one_clear_line(tmp_path):
+    with pytest.raises(TagrankError, match=r"data.train_order='alphabetical' is not one of \['human', 'frequency', "
+                                           r"'rare_first', 'random'\]"):
+        _module(tmp_path, train_order="alphabetical")

@@ -1,7 +1,7 @@
 """One Dataset and one LightningDataModule for every manifest.
 
 A batch is a dict: ``index`` (row in the manifest), ``target`` (tag ids in ground-truth order, padded
-with -1), and ``features`` (cached backbone features) and/or ``image`` (uint8 pixels [3, S, S], resized;
+with -1; the training split's in ``data.train_order``, the human order by default), and ``features`` (cached backbone features) and/or ``image`` (uint8 pixels [3, S, S], resized;
 the model normalises whole batches on its device: ``backbone_input``), depending on whether the
 backbone is frozen for the whole run or fine-tuned.
 """
@@ -13,9 +13,10 @@ import os
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import hydra
+import numpy as np
 
 import torch
 from lightning import LightningDataModule
@@ -32,6 +33,9 @@ from tagrank.config import NonNegativeInt, PositiveInt, check_value
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")
+
+# The order the training split's lists are learnt in (data.train_order); val and test keep the human order.
+TrainOrder = Literal["human", "frequency", "rare_first", "random"]
 
 
 def image_transform(image_size: int, mean: tuple, std: tuple) -> ImageTransform:
@@ -79,6 +83,24 @@ class RankedTagDataset(Dataset):
         return item
 
 
+def reorder(ids: list[int], order: str, seed: int, row: int) -> list[int]:
+    """One training list in the order ``data.train_order`` asks for: the ablation of which order a
+    recurrent tagger learns from (the set is the same; only the order of its tags changes).
+
+    Vocabulary ids are in order of training-split frequency (most frequent first, ties by name:
+    :class:`~tagrank.data.records.Vocabulary`), so ``frequency`` is ascending ids and ``rare_first``
+    descending. ``random`` draws one permutation per image from (run seed, manifest row): the same in
+    every epoch and every rerun, and independent of the other images.
+    """
+    if order == "frequency":
+        return sorted(ids)
+    if order == "rare_first":
+        return sorted(ids, reverse=True)
+    if order == "random":
+        return [ids[i] for i in np.random.default_rng([seed, row]).permutation(len(ids))]
+    return ids
+
+
 def make_source(class_path: str, args: dict[str, Any]) -> Source:
     """The ``Source`` named by ``data.source``, built from the other ``data.*`` keys it declares.
 
@@ -114,13 +136,14 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
 
     def __init__(self, source: str, cache_dir: str, min_tag_count: PositiveInt = 1, batch_size: PositiveInt = 16,
                  eval_batch_size: PositiveInt = 64, num_workers: NonNegativeInt = 0, pin_memory: bool = False,
-                 image_cache: bool = True, **source_args: Any) -> None:
+                 image_cache: bool = True, train_order: TrainOrder = "human", **source_args: Any) -> None:
         super().__init__()
+        check_value("data.train_order", train_order, TrainOrder)  # also when built without instantiate
         self.source = make_source(source, source_args)
         self.cache_dir, self.min_tag_count = Path(cache_dir).expanduser(), min_tag_count
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.image_cache = image_cache
+        self.image_cache, self.train_order = image_cache, train_order
         self.pixels: DecodedImages | None = None
         self.dataset_dir: Path | None = None
         self.records: list[Record] = []
@@ -156,6 +179,9 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
                 raise TagrankError(f"{self.dataset_dir / MANIFEST}: the {split} split is empty")
         self.vocab = vocab
         encoded = [vocab.encode(r.tags) for r in self.records]
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed (seed_everything sets it before setup)
+        encoded = [reorder(ids, self.train_order, seed, row) if r.split == "train" else ids
+                   for row, (r, ids) in enumerate(zip(self.records, encoded))]
         self.max_len = max(1, max(len(e) for e in encoded))
         self.targets = torch.full((len(encoded), self.max_len), -1, dtype=torch.long)
         for row, ids in enumerate(encoded):

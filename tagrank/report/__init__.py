@@ -11,4 +11,5 @@ same functions:
 - :mod:`~tagrank.report.loggers`: the same table and figures to a W&B or TensorBoard "aggregate" run.
 - :mod:`~tagrank.report.html`: ``report.html``, the test photos with every method's list, to look through.
 - :mod:`~tagrank.report.card`: one training run's summary as it starts and its model card (``README.md``).
+- :mod:`~tagrank.report.ablations`: the ablations (set against order, relevance grades, training orders).
 """
