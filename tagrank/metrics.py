@@ -70,6 +70,20 @@ def precision_at_k(predicted: Sequence[Hashable], truth: Sequence[Hashable], k: 
     return len(set(predicted[:k]) & set(truth)) / k
 
 
+def relevance_grades(valid: torch.Tensor, kind: str = "linear") -> torch.Tensor:
+    """Relevance of each ground-truth position [B, L] of lists whose real entries are ``valid`` (0 at
+    padding), as :func:`relevance_of` defines it."""
+    n = valid.sum(-1, keepdim=True).double()
+    rank = torch.arange(1, valid.shape[1] + 1, device=valid.device, dtype=torch.float64).expand(valid.shape)
+    if kind == "linear":
+        rel = n - rank + 1
+    elif kind == "inverse_log":
+        rel = 1.0 / torch.log2(1 + rank)
+    else:
+        rel = torch.ones_like(rank)
+    return rel * valid
+
+
 class RankingMetrics(Metric):
     """NDCG@k and P@k for k = 1..``k_max`` over a stream of batches, and their means over k.
 
@@ -95,16 +109,7 @@ class RankingMetrics(Metric):
         self.add_state("n_empty", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def _relevance(self, valid: torch.Tensor) -> torch.Tensor:
-        """Relevance of each ground-truth position [B, L] (0 at padding)."""
-        n = valid.sum(-1, keepdim=True).double()
-        rank = torch.arange(1, valid.shape[1] + 1, device=valid.device, dtype=torch.float64).expand(valid.shape)
-        if self.relevance == "linear":
-            rel = n - rank + 1
-        elif self.relevance == "inverse_log":
-            rel = 1.0 / torch.log2(1 + rank)
-        else:
-            rel = torch.ones_like(rank)
-        return rel * valid
+        return relevance_grades(valid, self.relevance)
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         k = self.k_max
@@ -144,6 +149,47 @@ class RankingMetrics(Metric):
         return out
 
 
+class SetMetrics(Metric):
+    """Set precision, recall and F1 of the tags a method names when it decides itself how many (a stop
+    rule), each averaged over images (example-based), and the mean number of tags named.
+
+    ``update(preds, target)``: ``preds`` [B, K] the named tags (-1 padded; a repeat counts once),
+    ``target`` [B, L] the ground-truth lists (-1 padded). Per image P = hits / named (0 when it names
+    none), R = hits / |truth|, F1 their harmonic mean (0 without a hit). Images with an empty ground
+    truth are left out, as for the ranking metrics.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("precision", "recall", "f1", "size"):
+            self.add_state(f"{name}_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n_images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        keep = (target >= 0).any(-1)
+        preds, target = preds[keep].long(), target[keep]
+        same = preds[:, :, None] == preds[:, None, :]
+        first = ~(same & torch.ones_like(same[0]).tril(-1)).any(-1)
+        named = (preds >= 0) & first
+        hits = (((preds[:, :, None] == target[:, None, :]) & (target >= 0)[:, None, :]).any(-1) & named).sum(-1).double()
+        size, truth = named.sum(-1).double(), (target >= 0).sum(-1).double()
+        precision, recall = hits / size.clamp(min=1), hits / truth
+        f1 = torch.where(hits > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
+        self.precision_sum += precision.sum()
+        self.recall_sum += recall.sum()
+        self.f1_sum += f1.sum()
+        self.size_sum += size.sum()
+        self.n_images += len(preds)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.n_images.clamp(min=1).double()
+        return {"set_precision": self.precision_sum / n, "set_recall": self.recall_sum / n, "set_f1": self.f1_sum / n,
+                "set_size": self.size_sum / n}
+
+
 def format_table(metrics: dict[str, float], k_max: int = 10, title: str = "") -> str:
     """The paper's Table 1 layout for one run: NDCG@k and P@k for each k, then the mean over k."""
     head = "metric | " + " | ".join(f"@{k}" for k in range(1, k_max + 1)) + " | mean"
@@ -154,4 +200,8 @@ def format_table(metrics: dict[str, float], k_max: int = 10, title: str = "") ->
     extra = ""
     if "n_images" in metrics:
         extra = f"\n{int(metrics['n_images'])} images scored, {int(metrics.get('n_empty', 0))} left out (empty ground truth)"
+    if "set_f1" in metrics:
+        extra += (f"\nits own stop rule: set precision {float(metrics['set_precision']):.4f}, recall "
+                  f"{float(metrics['set_recall']):.4f}, F1 {float(metrics['set_f1']):.4f} "
+                  f"({float(metrics['set_size']):.2f} tags an image)")
     return (f"{title}\n" if title else "") + "\n".join(rows) + extra

@@ -12,9 +12,10 @@ Subclasses take plain hyperparameters only (numbers, strings, lists) and call
 from __future__ import annotations
 
 import warnings
-from typing import Annotated
+from typing import Annotated, Callable
 
 import torch
+from torch import nn
 from annotated_types import Interval
 from lightning import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
@@ -23,7 +24,7 @@ from torchmetrics import MeanMetric
 from tagrank.callbacks import StagedFinetuning
 from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
-from tagrank.metrics import RankingMetrics, Relevance
+from tagrank.metrics import RankingMetrics, Relevance, SetMetrics
 from tagrank.models.backbones import backbone_input, build_backbone
 
 class RankedTagger(LightningModule):
@@ -44,6 +45,7 @@ class RankedTagger(LightningModule):
         self.test_metrics = RankingMetrics(top_k, relevance)
         # Mean loss per image as sum states: exact under DDP (Lightning's sync_dist mean is not for odd counts).
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.test_set_metrics = SetMetrics()  # only for methods that say when to stop (predicted_set)
         self.test_predictions: list[tuple[int, list[int]]] = []
 
     # -- what a method defines ---------------------------------------------------------------
@@ -54,6 +56,12 @@ class RankedTagger(LightningModule):
         """Ranked tag ids [B, top_k], best first. -1 pads a list that ended early; a tag emitted twice (a
         captioning decoder can) scores as a miss the second time (see :mod:`tagrank.metrics`)."""
         raise NotImplementedError
+
+    def predicted_set(self, batch: dict[str, torch.Tensor], preds: torch.Tensor) -> torch.Tensor | None:
+        """The tags the method names for each image when it decides itself how many [B, <= top_k] (-1
+        padded), for the set precision / recall / F1 of the test split; None (the default): a method
+        that always names ``top_k`` tags has no set of its own."""
+        return None
 
     # -- shared machinery -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -128,7 +136,11 @@ class RankedTagger(LightningModule):
         self._evaluate(batch, "val", self.val_metrics)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        batch = {**batch, "computed_features": self.image_features(batch)}  # one backbone pass for all below
         preds = self._evaluate(batch, "test", self.test_metrics)
+        chosen = self.predicted_set(batch, preds)
+        if chosen is not None:
+            self.test_set_metrics.update(chosen, batch["target"])
         self.test_predictions.extend(zip(batch["index"].tolist(), preds.tolist()))
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -155,6 +167,9 @@ class RankedTagger(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
+        if self.test_set_metrics.update_count:
+            self.log_dict({f"test/{k}": v.float() for k, v in self.test_set_metrics.compute().items()}, sync_dist=False)
+        self.test_set_metrics.reset()
         if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
             # Each rank scored its own shard of the test images; every rank gets all predictions.
             shards: list = [None] * torch.distributed.get_world_size()
@@ -199,8 +214,9 @@ class SolvedTagger(RankedTagger):
 Factor = Annotated[float, Interval(gt=0, lt=1)]  # the learning rate is multiplied by it on a plateau
 
 
-class RecurrentTagger(RankedTagger):
-    """The paper's training recipe, shared by both recurrent methods (``lstm``, ``naive_rnn``): Adam on
+class StagedTagger(RankedTagger):
+    """The paper's training recipe, shared by the methods trained by gradient steps (``lstm``,
+    ``naive_rnn``, ``scorer``): Adam on
     everything but the backbone, the learning rate halved when val NDCG stops improving, and the staged
     fine-tuning of the backbone. Subclasses save ``lr``, ``betas``, ``eps``, ``lr_factor``,
     ``lr_patience`` and ``finetune_*`` as hyperparameters.
@@ -264,3 +280,49 @@ def list_lengths(batch: dict) -> list[int]:
     """The number of ground-truth tags of each row (``on_before_batch_transfer`` put them in the batch;
     computed here for a batch that did not come through a loader)."""
     return batch["lengths"] if "lengths" in batch else (batch["target"] >= 0).sum(1).tolist()
+
+
+def plackett_luce_nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The negative log-likelihood of each ground-truth list [B, T] (-1 padded) under the Plackett-Luce
+    model whose step-t scores are ``logits[:, t]`` [B, T, V], summed over the batch.
+
+    Step t's softmax runs only over the tags not named before it in the list: the exact likelihood of a
+    ranked list (ListMLE), and the distribution decoding draws from, since it never repeats a tag. The
+    paper's loss (a softmax over all V tags at every step) spends probability on tags already named.
+    """
+    valid = target >= 0
+    named = nn.functional.one_hot(target.clamp(min=0), logits.shape[-1]).bool() & valid[..., None]  # [B, T, V]
+    before = (named.cumsum(1) - named.long()) > 0  # named at an earlier step
+    nll = torch.logsumexp(logits.masked_fill(before, float("-inf")), -1) - logits.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    return (nll * valid).sum()
+
+
+def beam_distinct(step: Callable[[int, tuple[torch.Tensor, ...], torch.Tensor | None], tuple[torch.Tensor, tuple]],
+                  state: tuple[torch.Tensor, ...], steps: int, width: int) -> torch.Tensor:
+    """Beam search for the list of ``steps`` distinct tags with the highest summed log-probability, each
+    step's softmax renormalised over the tags not yet in the list; [B, steps] ids, best first.
+
+    ``step(t, state, previous)`` returns the logits [N, V] of step t for N = B x beams rows and the next
+    state; ``previous`` [N] is the tag each row emitted at step t - 1 (None at t = 0), and every tensor of
+    ``state`` has one row per beam along dim 0 (reordered here as beams are kept). Width 1 is greedy
+    decoding with repeats masked (``greedy_distinct``'s list).
+    """
+    batch = len(state[0])
+    scores = state[0].new_zeros(batch, 1, dtype=torch.float32)
+    seqs = torch.zeros(batch, 1, 0, dtype=torch.long, device=state[0].device)
+    used: torch.Tensor | None = None
+    previous = None
+    for t in range(steps):
+        logits, state = step(t, state, previous)
+        beams, vocab = logits.shape[0] // batch, logits.shape[-1]
+        if used is None:
+            used = torch.zeros(batch, beams, vocab, dtype=torch.bool, device=logits.device)
+        logp = logits.float().masked_fill(used.view(-1, vocab), float("-inf")).log_softmax(-1).view(batch, beams, vocab)
+        scores, flat = (scores[..., None] + logp).view(batch, -1).topk(min(width, beams * (vocab - t)), dim=1)
+        beam, tag = flat // vocab, flat % vocab
+        rows = (beam + torch.arange(batch, device=beam.device)[:, None] * beams).view(-1)
+        state = tuple(s[rows] for s in state)
+        seqs = torch.cat([seqs.gather(1, beam[..., None].expand(-1, -1, t)), tag[..., None]], dim=-1)
+        used = used.gather(1, beam[..., None].expand(-1, -1, vocab)).scatter(2, tag[..., None], True)
+        previous = tag.view(-1)
+    return seqs[:, 0]

@@ -3,7 +3,9 @@
 v = W_I CNN(I) + b_I (d = ``proj_dim``); the LSTM's gates take v at every time step together with
 h_{t-1} (no previous-tag input, unlike captioning); z_t = W h_t + b; softmax over the V tags. The loss is
 the cross-entropy of the ground-truth tag at each step, summed over the list (Eq. 19) and averaged over
-the batch. Decoding emits the ``top_k`` steps' best tags, skipping tags already emitted.
+the batch. Decoding emits the ``top_k`` steps' best tags, skipping tags already emitted (``beam_width``
+> 1: the beam search for the distinct list of highest probability). ``loss=plackett_luce`` trains each
+step's softmax over the tags not yet in the ground-truth list instead (the Plackett-Luce likelihood).
 
 The LSTM is ``nn.LSTM``'s (same gates, same parameters ``lstm.weight_ih_l0`` ...: checkpoints of
 either form load into the other), run by :class:`RepeatedInputLSTM`, which uses that the input is the
@@ -12,12 +14,14 @@ same at every step.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from tagrank.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from tagrank.metrics import Relevance
-from tagrank.models.base import Factor, RecurrentTagger, greedy_distinct, list_lengths
+from tagrank.models.base import Factor, StagedTagger, beam_distinct, greedy_distinct, list_lengths, plackett_luce_nll
 
 
 class RepeatedInputLSTM(torch.autograd.Function):
@@ -88,13 +92,19 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep.to(x.dtype).mul_(1 / (1 - p))
 
 
-class LSTMTagger(RecurrentTagger):
+# cross_entropy: the paper's (a softmax over all V tags at every step); plackett_luce: each step's softmax
+# over the tags not yet in the ground-truth list (the exact likelihood of the order; see plackett_luce_nll).
+Loss = Literal["cross_entropy", "plackett_luce"]
+
+
+class LSTMTagger(StagedTagger):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", proj_dim: PositiveInt = 100,
                  hidden_size: PositiveInt = 300, dropout: Fraction = 0.5, lr: PositiveFloat = 4e-4,
                  betas: tuple[float, float] = (0.8, 0.999), eps: PositiveFloat = 1e-8, lr_factor: Factor = 0.5,
                  lr_patience: NonNegativeInt = 2, finetune_after_steps: NonNegativeInt = 7500,
                  finetune_lr: PositiveFloat = 1e-5, finetune_weight_decay: NonNegativeFloat = 1e-3,
-                 top_k: PositiveInt = 10, relevance: Relevance = "linear") -> None:
+                 top_k: PositiveInt = 10, relevance: Relevance = "linear", loss: Loss = "cross_entropy",
+                 beam_width: PositiveInt = 1) -> None:
         super().__init__(num_tags, backbone, top_k, relevance)
         self.save_hyperparameters()
         self.proj = nn.Linear(self.feature_dim, proj_dim)
@@ -120,8 +130,17 @@ class LSTMTagger(RecurrentTagger):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["target"]
         logits = self(self.image_features(batch), target.shape[1], list_lengths(batch))
+        if self.hparams.get("loss", "cross_entropy") == "plackett_luce":
+            return plackett_luce_nll(logits, target) / len(target)
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1, reduction="sum")
         return ce / len(target)
 
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return greedy_distinct(self(self.image_features(batch), self.top_k))
+        logits = self(self.image_features(batch), self.top_k)
+        width = self.hparams.get("beam_width", 1)
+        if width == 1:
+            return greedy_distinct(logits)
+        # Each step's logits do not depend on the tags chosen before (no previous-tag input): the state
+        # only carries each beam's image row.
+        steps = min(self.top_k, self.num_tags)
+        return beam_distinct(lambda t, state, previous: (state[0][:, t], state), (logits,), steps, width)

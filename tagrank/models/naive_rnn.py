@@ -29,19 +29,24 @@ from torch import nn
 
 from tagrank.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from tagrank.metrics import Relevance
-from tagrank.models.base import Factor, RecurrentTagger
+from tagrank.errors import TagrankError
+from tagrank.models.base import Factor, StagedTagger, beam_distinct
 
 Decoding = Literal["masked", "captioning"]
 
 
-class NaiveRNN(RecurrentTagger):
+class NaiveRNN(StagedTagger):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", proj_dim: PositiveInt = 100,
                  hidden_size: PositiveInt = 300, dropout: Fraction = 0.5, lr: PositiveFloat = 4e-4,
                  betas: tuple[float, float] = (0.8, 0.999), eps: PositiveFloat = 1e-8, lr_factor: Factor = 0.5,
                  lr_patience: NonNegativeInt = 2, finetune_after_steps: NonNegativeInt = 7500,
                  finetune_lr: PositiveFloat = 1e-5, finetune_weight_decay: NonNegativeFloat = 1e-3,
-                 top_k: PositiveInt = 10, relevance: Relevance = "linear", decoding: Decoding = "masked") -> None:
+                 top_k: PositiveInt = 10, relevance: Relevance = "linear", decoding: Decoding = "masked",
+                 beam_width: PositiveInt = 1) -> None:
         super().__init__(num_tags, backbone, top_k, relevance)
+        if beam_width > 1 and decoding == "captioning":
+            raise TagrankError(f"model.beam_width={beam_width}: beam search is for decoding=masked (distinct tags); "
+                               "the captioning decoder is greedy")
         self.save_hyperparameters()
         self.captioning = decoding == "captioning"
         self.start = num_tags  # the START token's row in the embedding
@@ -81,8 +86,11 @@ class NaiveRNN(RecurrentTagger):
         return ce / len(target)
 
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Greedy decoding [B, top_k]; captioning: tags may repeat, -1 after END."""
+        """Greedy decoding [B, top_k]; captioning: tags may repeat, -1 after END; masked with
+        ``beam_width`` > 1: beam search over distinct lists."""
         features = self.image_features(batch)
+        if self.hparams.get("beam_width", 1) > 1:
+            return self.beam(features)
         batch_size, steps = len(features), min(self.top_k, self.num_tags)
         if self.captioning:
             steps = self.top_k  # repeats allowed: a caption can be longer than the vocabulary
@@ -106,3 +114,18 @@ class NaiveRNN(RecurrentTagger):
                 used[rows, pick] = True
             x = self.embed(pick.clamp(max=self.num_tags - 1))  # a finished list's input no longer matters
         return out
+
+    def beam(self, features: torch.Tensor) -> torch.Tensor:
+        """Beam search over lists of distinct tags, each beam feeding back its own previous tag."""
+        hidden = self.lstm.hidden_size
+
+        def step(t: int, state: tuple[torch.Tensor, ...], previous: torch.Tensor | None):
+            x, h, c = state
+            if previous is not None:
+                x = self.embed(previous)
+            out, (h, c) = self.lstm(self.drop(x)[:, None], (h[None], c[None]))
+            return self.out(self.drop(out[:, 0])), (x, h[0], c[0])
+
+        zeros = features.new_zeros(len(features), hidden)
+        state = (self.first_input(features), zeros, zeros)
+        return beam_distinct(step, state, min(self.top_k, self.num_tags), self.hparams.beam_width)
