@@ -18,7 +18,7 @@ PAPER = {
 }
 LABELS = {"frequency": "Frequency prior", "svm": "SVM", "svm_rank": "SVM-rank",
           "naive_rnn_captioning": "Naive-RNN (captioning)", "naive_rnn": "Naive-RNN + masking",
-          "lstm": "Ours (LSTM)"}
+          "lstm": "Ours (LSTM)", "scorer": "Listwise scorer (new)"}
 ORDER = list(LABELS)  # the paper's row order, the floor first
 REFERENCE = "lstm"  # the method the others are compared with, image by image
 
