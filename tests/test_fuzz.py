@@ -1,7 +1,8 @@
 """200 seeded corruptions of the small fixtures: a correct result or a one-line TagrankError, nothing else.
 
 Each case damages one file (cut short at a random byte, 1-4 bytes changed, or one field removed) of a
-converter's input (PASCAL tag file and XML, LabelMe XML, COCO captions/instances JSON, a box file) or of
+converter's input (PASCAL tag file and XML, LabelMe XML, COCO captions/instances JSON, a box file, a
+Karpathy caption JSON and its tag vocabulary) or of
 a cache (manifest, vocabulary, features, or their ``.check`` files), then runs the real loader:
 
 * a converter, under ``data.on_error=raise`` and ``skip``, must stop with a one-line ``TagrankError``,
@@ -35,6 +36,7 @@ import torch
 
 from tagrank.data import cache
 from tagrank.data.boxes import BoxesSource
+from tagrank.data.captions import CaptionsSource
 from tagrank.data.coco import CocoSource
 from tagrank.data.convert import SKIPPED
 from tagrank.data.features import feature_cache_path
@@ -43,6 +45,7 @@ from tagrank.data.pascal07 import Pascal07Source
 from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, read_manifest
 from tagrank.errors import TagrankError
 
+from .test_captions import write_set
 from .test_converters import write_boxes, write_coco, write_labelme, write_voc
 from .test_integrity import TinyBackbone, features, synthetic_dm
 
@@ -200,6 +203,30 @@ def coco_touched(name: str, clean: bytes, bad: bytes) -> tuple[set, bool]:
     return {f"{subset}/{f}" for f in touched if isinstance(f, str)}, True
 
 
+def karpathy_touched(name: str, clean: bytes, bad: bytes) -> tuple[set, bool]:
+    """The photos whose entries differ between the clean and the damaged Karpathy JSON (all of them when
+    its shape changed)."""
+    try:
+        a, b = json.loads(clean), json.loads(bad)
+    except (UnicodeDecodeError, ValueError):
+        return set(), False
+    if not isinstance(b, dict) or a.keys() != b.keys() or not isinstance(b.get("images"), list) \
+            or len(a["images"]) != len(b["images"]):
+        return {ALL}, True
+    touched = set()
+    for x, y in zip(a["images"], b["images"]):
+        if x != y:
+            touched |= {str(Path(e.get("filepath") or "", e.get("filename") or "")) for e in (x, y)
+                        if isinstance(e, dict) and isinstance(e.get("filepath", ""), str)
+                        and isinstance(e.get("filename", ""), str)}
+    return touched, True
+
+
+def vocabulary_touched(name: str, clean: bytes, bad: bytes) -> tuple[set, bool]:
+    """A vocabulary decides every photo's list."""
+    return {ALL}, lines(bad) is not None
+
+
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory) -> dict[str, Fixture]:
     base = tmp_path_factory.mktemp("fuzz")
@@ -207,6 +234,7 @@ def fixtures(tmp_path_factory) -> dict[str, Fixture]:
     write_labelme(base / "labelme")
     write_coco(base / "coco")
     write_boxes(base / "boxes")
+    write_set(base / "captions")
     voc = "VOCdevkit/VOC2007/Annotations"
     xmls = sorted(p.relative_to(base / "labelme").as_posix() for p in (base / "labelme").rglob("*.xml"))
     labelme_images = sorted(p.relative_to(base / "labelme").as_posix() for p in (base / "labelme").rglob("*.jpg"))
@@ -225,6 +253,11 @@ def fixtures(tmp_path_factory) -> dict[str, Fixture]:
                                                                        on_error=e),
                                    [f"annotations/{kind}_{s}2017.json" for s in ("train", "val")], "json", coco_touched)
            for kind in ("captions", "instances")},
+        **{f"captions {what}": Fixture(base / "captions", lambda e: CaptionsSource(
+            root=str(base / "captions"), annotations="dataset_test.json", vocabulary="vocabulary.txt", on_error=e),
+            [file], kind, touched) for what, file, kind, touched in [
+                ("json", "dataset_test.json", "json", karpathy_touched),
+                ("vocabulary", "vocabulary.txt", "words", vocabulary_touched)]},
         "boxes": Fixture(base / "boxes", lambda e: BoxesSource(root=str(base / "boxes"), split=[1, 0, 1], on_error=e),
                          ["ground-truth/a.txt", "ground-truth/b.txt"], "words", box_file_touched),
     }
@@ -312,7 +345,8 @@ def check_cache(caches: dict, name: str, damage, rng: random.Random, caplog) -> 
 
 # --- the cases ---------------------------------------------------------------------------------------
 
-TARGETS = ["pascal tags", "pascal xml", "labelme", "coco captions", "coco instances", "boxes",
+TARGETS = ["pascal tags", "pascal xml", "labelme", "coco captions", "coco instances", "boxes", "captions json",
+           "captions vocabulary",
            "manifest", "vocab", "features", "manifest.check", "vocab.check", "features.check"]
 
 
