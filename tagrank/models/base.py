@@ -176,6 +176,20 @@ class RankedTagger(LightningModule):
             torch.distributed.all_gather_object(shards, self.test_predictions)
             self.test_predictions = [p for shard in shards for p in shard]
 
+    # -- scores, for tagrank-predict and tagrank-export ---------------------------------------------
+    def scored_rank(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rank``'s tag ids [B, K] (the same list) and the model's score of each [B, K] (0 where -1 pads).
+
+        Why after ``rank`` rather than inside it: every method's decoding stays in one place, and a score
+        (``tag_scores``) is a pure function of the features and the decoded ids."""
+        batch = {**batch, "computed_features": self.image_features(batch)}
+        ids = self.rank(batch)
+        return ids, self.tag_scores(batch["computed_features"], ids).masked_fill(ids < 0, 0.0)
+
+    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The score [B, K] of each decoded tag ``ids`` [B, K] (-1 allowed) given image ``features`` [B, D]."""
+        raise NotImplementedError
+
 
 class SolvedTagger(RankedTagger):
     """A method fitted in one solve on the training split, not by gradient steps (the frequency prior,

@@ -36,5 +36,12 @@ class FrequencyPrior(SolvedTagger):
         return -(log_p[target.clamp(min=0)] * (target >= 0)).sum() / len(target)
 
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        order = torch.sort(self.counts, descending=True, stable=True).indices[: self.top_k]
-        return order.expand(len(batch["target"]), -1)
+        # Ties by tag id, by a key with no ties rather than a stable sort (which ONNX has no operator for).
+        key = self.counts * self.num_tags - torch.arange(self.num_tags, device=self.counts.device)
+        order = key.argsort(descending=True)[: self.top_k]
+        return order.expand(batch["target"].shape[0], -1)  # shape[0]: traced as the batch size
+
+    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Each tag's share of the training split's tag occurrences (the same for every image)."""
+        share = self.counts.float() / self.counts.sum().clamp(min=1)
+        return share[ids.clamp(min=0)]

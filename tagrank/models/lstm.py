@@ -121,8 +121,11 @@ class LSTMTagger(StagedTagger):
         run = steps if lengths is None else max(1, min(steps, max(lengths)))
         lstm = self.lstm
         with torch.autocast(v.device.type, enabled=False):  # a small recurrence: float32 under bf16 autocast too
-            h = RepeatedInputLSTM.apply(v.to(lstm.weight_ih_l0.dtype), lstm.weight_ih_l0, lstm.weight_hh_l0,
-                                        lstm.bias_ih_l0, lstm.bias_hh_l0, run)
+            if torch.jit.is_tracing():  # tagrank-export: nn.LSTM's own op (same maths), which ONNX and TorchScript know
+                h = lstm(v[:, None].expand(-1, run, -1))[0]
+            else:
+                h = RepeatedInputLSTM.apply(v.to(lstm.weight_ih_l0.dtype), lstm.weight_ih_l0, lstm.weight_hh_l0,
+                                            lstm.bias_ih_l0, lstm.bias_hh_l0, run)
         if run < steps:
             h = nn.functional.pad(h, (0, 0, 0, steps - run))
         return self.out(dropout(h, self.drop.p, self.training))
@@ -144,3 +147,8 @@ class LSTMTagger(StagedTagger):
         # only carries each beam's image row.
         steps = min(self.top_k, self.num_tags)
         return beam_distinct(lambda t, state, previous: (state[0][:, t], state), (logits,), steps, width)
+
+    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The softmax probability of each emitted tag at its step (over all tags: the masking of tags
+        already emitted is decoding, not the model)."""
+        return self(features, ids.shape[1]).softmax(-1).gather(-1, ids.clamp(min=0)[..., None])[..., 0]

@@ -58,7 +58,7 @@ class NaiveRNN(StagedTagger):
         self.out = nn.Linear(hidden_size, num_tags + self.captioning)
 
     def first_input(self, features: torch.Tensor) -> torch.Tensor:
-        start = torch.full((len(features),), self.start, dtype=torch.long, device=features.device)
+        start = torch.full((features.shape[0],), self.start, dtype=torch.long, device=features.device)
         return self.proj(features) + self.embed(start)
 
     def forward(self, features: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ class NaiveRNN(StagedTagger):
         features = self.image_features(batch)
         if self.hparams.get("beam_width", 1) > 1:
             return self.beam(features)
-        batch_size, steps = len(features), min(self.top_k, self.num_tags)
+        batch_size, steps = features.shape[0], min(self.top_k, self.num_tags)
         if self.captioning:
             steps = self.top_k  # repeats allowed: a caption can be longer than the vocabulary
         rows = torch.arange(batch_size, device=features.device)
@@ -104,8 +104,8 @@ class NaiveRNN(StagedTagger):
             logits = self.out(self.drop(h[:, 0]))
             if self.captioning:
                 pick = logits.argmax(-1)
-                ended |= pick == self.end
-                if ended.all():
+                ended = ended | (pick == self.end)  # not in place: ONNX has no in-place or
+                if not torch.jit.is_tracing() and ended.all():  # traced (tagrank-export): no early stop
                     break
                 out[:, t] = pick.masked_fill(ended, -1)
             else:
@@ -129,3 +129,10 @@ class NaiveRNN(StagedTagger):
         zeros = features.new_zeros(len(features), hidden)
         state = (self.first_input(features), zeros, zeros)
         return beam_distinct(step, state, min(self.top_k, self.num_tags), self.hparams.beam_width)
+
+    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The softmax probability of each emitted tag at its step (over all outputs, END included), given
+        the tags emitted before it: one teacher-forced pass on the decoded list (the steps after a
+        captioning list ended are not used)."""
+        logits = self(features, ids[:, :-1].clamp(min=0))
+        return logits.softmax(-1).gather(-1, ids.clamp(min=0)[..., None])[..., 0]

@@ -219,6 +219,10 @@ class LinearSVM(SolvedTagger):
         scores = self(self.image_features(batch))
         return scores.topk(min(self.top_k, self.num_tags), dim=-1).indices
 
+    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Each tag's decision value w_v . phi(x) + b_v."""
+        return self(features).gather(-1, ids.clamp(min=0))
+
     # -- fitting ---------------------------------------------------------------------------------
     def fit_training_split(self, dm) -> None:
         self.fit_features(dm.features, dm.targets, dm.rows("train"), dm.rows("val"))
