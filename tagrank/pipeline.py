@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tagrank.callbacks import NonFiniteGuard, RandomState, SlurmRequeue
+from tagrank.callbacks import ModelInputs, NonFiniteGuard, RandomState, SlurmRequeue
 from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
@@ -115,10 +115,11 @@ def planned_steps(cfg: DictConfig, dm: RankedTagDataModule) -> int:
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:
     """The configured Trainer, plus what every run gets: atomic checkpoint writes, exact resumption
-    (random state), a stop before diverged weights reach a checkpoint, and under SLURM a checkpoint
+    (random state), a stop before diverged weights reach a checkpoint, the tag names and image size in
+    every checkpoint (ModelInputs), and under SLURM a checkpoint
     and requeue on the pre-timeout signal. A WandbLogger gets the run directory's run id (resumed)."""
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
-    callbacks += [RandomState(), NonFiniteGuard()]
+    callbacks += [RandomState(), NonFiniteGuard(), ModelInputs(cfg.backbone.image_size)]
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         if node:

@@ -1,0 +1,138 @@
+"""Hand a trained model to someone who does not run tagrank: one ONNX or TorchScript file, decoding included.
+
+    tagrank-export ckpt_path=<run>/checkpoints/best.ckpt format=onnx out=tagger.onnx
+    tagrank-export ckpt_path=... format=torchscript out=tagger.pt top_k=5
+
+The file takes ``images``: uint8 RGB [B, 3, S, S] at the model's image size S, each photo resized whole to
+S x S (no crop), as in training; the scaling to [0, 1] and the backbone's mean/std are applied inside. It
+returns ``ids`` (int64 [B, K], tag ids best first, -1 where a captioning list ended) and ``scores``
+(float32 [B, K], the model's score of each tag, 0 where -1 pads), the method's decoding included (greedy
+without repeats for the LSTM and Naive-RNN + masking, greedy to END for the captioning Naive-RNN, the
+best decision values for the SVMs, the training order for the prior). Resizing stays outside: resize
+operators differ between runtimes, so the size is fixed and written down instead. ``<out>.json`` beside
+it holds the tag names (id i is ``tags[i]``) and this preprocessing.
+
+Both files are made by tracing (``torch.jit.trace``; ONNX by the TorchScript-based exporter,
+``dynamo=False``): measured with torch 2.14, the torch.export-based exporter fixed the batch size of the
+recurrent decoders (and could not export the captioning one's early stop), while tracing keeps it free.
+``tests/test_export.py`` runs both files (ONNX Runtime, ``torch.jit.load``) against PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from tagrank import CONF_DIR
+from tagrank.config import console_main, run_cli
+from tagrank.data.records import atomic_write, atomic_write_text
+from tagrank.errors import TagrankError
+from tagrank.models.base import RankedTagger
+from tagrank.predict import Tagger, load_tagger, unknown_targets
+
+log = logging.getLogger("tagrank")
+
+FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 17
+
+
+class ExportedTagger(nn.Module):
+    """What the exported file computes: uint8 images [B, 3, S, S] -> (ids [B, K], scores [B, K])."""
+
+    def __init__(self, model: RankedTagger) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.scored_rank({"image": images, "target": unknown_targets(images)})
+
+
+@contextmanager
+def tracing(model: RankedTagger):
+    """Let ``torch.jit.trace`` walk a LightningModule with no Trainer attached (as ``to_torchscript`` does),
+    with the warnings that tracing itself raises silenced here only: the deprecation of the
+    TorchScript-based tools (chosen above on purpose) and the TracerWarnings of the Python ints that the
+    decoders turn into constants (the list length; the batch size stays free and is tested)."""
+    model._jit_is_scripting = True
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
+            warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+            warnings.filterwarnings("ignore", message=r".*is deprecated.*(torch\.export|torch\.compile).*")
+            yield
+    finally:
+        model._jit_is_scripting = False
+
+
+def example_images(image_size: int, batch: int = 2) -> torch.Tensor:
+    """Fixed random pixels to trace with (any input runs the same operations)."""
+    return torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(0))
+
+
+def export_tagger(tagger: Tagger, fmt: str, out: Path) -> Path:
+    """Write the traced model to ``out`` and its sidecar to ``<out>.json`` (each atomically); returns the sidecar."""
+    model = tagger.model.eval()
+    wrapper = ExportedTagger(model).eval()
+    images = example_images(tagger.image_size)
+    with tracing(model):
+        if fmt == "torchscript":
+            traced = torch.jit.trace(wrapper, (images,), check_trace=False)
+            atomic_write(out, lambda tmp: traced.save(tmp))
+        else:
+            atomic_write(out, lambda tmp: torch.onnx.export(
+                wrapper, (images,), tmp, dynamo=False, opset_version=ONNX_OPSET, input_names=["images"],
+                output_names=["ids", "scores"], dynamic_axes={name: {0: "batch"} for name in ("images", "ids", "scores")}))
+    sidecar = out.with_name(out.name + ".json")
+    atomic_write_text(sidecar, json.dumps(describe(tagger, fmt, out), indent=1))
+    return sidecar
+
+
+def describe(tagger: Tagger, fmt: str, out: Path) -> dict:
+    """The sidecar: what the file expects and returns, and the tag names."""
+    model, size = tagger.model, tagger.image_size
+    return {
+        "file": out.name, "format": fmt, "method": type(model).__name__, "checkpoint": str(tagger.checkpoint),
+        "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "shape": ["batch", 3, size, size],
+                  "channels": "RGB", "resize": f"the whole photo to {size}x{size} (no crop; bilinear, antialiased)",
+                  "normalisation": "inside the model: x / 255, then (x - mean) / std per channel",
+                  "mean": list(model.backbone.mean), "std": list(model.backbone.std)},
+        "outputs": {"ids": f"int64 [batch, {model.top_k}]: tag ids, best first; -1 where a list ended early",
+                    "scores": f"float32 [batch, {model.top_k}]: {tagger.score_meaning} (0 where ids is -1)"},
+        "top_k": model.top_k,
+        "tags": tagger.tags,
+    }
+
+
+def export(cfg: DictConfig) -> Path:
+    if cfg.format not in FORMATS:
+        raise TagrankError(f"format={cfg.format!r}: expected one of {list(FORMATS)}")
+    out = Path(cfg.out).expanduser()
+    tagger = load_tagger(cfg)
+    sidecar = export_tagger(tagger, cfg.format, out)
+    print(f"wrote {out} ({cfg.format}: uint8 RGB [B, 3, {tagger.image_size}, {tagger.image_size}] -> top "
+          f"{tagger.model.top_k} tag ids and scores) and {sidecar} (tag names, preprocessing)")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+def hydra_main(cfg: DictConfig) -> None:
+    run_cli(export, cfg)
+
+
+def main() -> None:
+    console_main(hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""tagrank-predict on real photos: the same lists as tagrank-eval, from the checkpoint alone; bad input is
+one message and nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tagrank.errors import TagrankError
+from tagrank.predict import predict
+
+from .conftest import SHARED_DATA, compose_cfg, needs_shared
+
+COCO = SHARED_DATA / "coco-mini"
+TEST_PHOTOS = COCO / "val2017"  # coco-mini's test split
+
+
+def train_on_coco_mini(out_dir, cache_dir, *overrides: str):
+    """A few training steps on coco-mini's real photos; the run tests its best checkpoint (predictions.jsonl)."""
+    from tagrank.train import train
+
+    cfg = compose_cfg(["data=coco", f"data.root={COCO}", "backbone.image_size=64", "trainer.enable_progress_bar=false",
+                       *overrides], out_dir, cache_dir)
+    train(cfg)
+    return cfg
+
+
+def trained(tmp_path_factory, cache_dir, kind: str, *schedule: str):
+    if not COCO.exists():
+        pytest.skip(f"{COCO} is absent (../shared is beside the project root on developer and CI machines)")
+    run = tmp_path_factory.mktemp(f"coco-{kind}")
+    cfg = train_on_coco_mini(run, cache_dir, "trainer.max_steps=4", *schedule)
+    finetuned = bool(torch.load(run / "checkpoints/best.ckpt", weights_only=True)["state_dict"]["backbone_finetuned"])
+    assert finetuned == (kind == "finetuned")
+    return run, cfg
+
+
+@pytest.fixture(scope="module")
+def coco_run(tmp_path_factory, cache_dir):
+    """An LSTM trained for 4 steps with a frozen backbone (tested on cached features), once per module."""
+    return trained(tmp_path_factory, cache_dir, "frozen")
+
+
+@pytest.fixture(scope="module")
+def finetuned_run(tmp_path_factory, cache_dir):
+    """An LSTM whose backbone was fine-tuned before its only validation (tested on the photos through it)."""
+    return trained(tmp_path_factory, cache_dir, "finetuned", "model.finetune_after_steps=3", "model.finetune_lr=0.001")
+
+
+def predict_cfg(tmp_path, cache_dir, *overrides: str):
+    return compose_cfg(list(overrides), tmp_path / "predict-run", cache_dir, config_name="predict")
+
+
+def eval_lists(run) -> dict[str, list[str]]:
+    """What the run's test of best.ckpt (the code path of tagrank-eval) predicted for each test photo."""
+    lines = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    return {str(COCO / p["image"]): p["predicted"] for p in lines}
+
+
+@needs_shared("coco-mini")
+@pytest.mark.parametrize("kind", ["coco_run", "finetuned_run"])
+def test_predict_gives_tagrank_eval_lists_on_real_photos(kind, request, tmp_path, cache_dir, capsys):
+    run, _ = request.getfixturevalue(kind)
+    out = tmp_path / "preds.jsonl"
+    predict(predict_cfg(tmp_path, cache_dir, f"ckpt_path={run}/checkpoints/best.ckpt", f"images={TEST_PHOTOS}",
+                        f"out={out}"))
+    got = {r["image"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(got) == len(list(TEST_PHOTOS.iterdir()))  # every photo, also those the test split leaves out
+    expected = eval_lists(run)
+    assert len(expected) == 77  # coco-mini's test split
+    for image, tags in expected.items():
+        assert [t["tag"] for t in got[image]["tags"]] == tags, image
+    # Softmax probabilities of each step's tag: in (0, 1], and not all alike.
+    scores = [t["score"] for r in got.values() for t in r["tags"]]
+    assert all(0 < s <= 1 for s in scores) and len(set(scores)) > 10
+    printed = capsys.readouterr().out
+    assert f"{len(got)} photos tagged" in printed and "score = The softmax probability" in printed
+    first = sorted(expected)[0]
+    assert f"{first}  {expected[first][0]} " in printed  # one row per photo: image, then tag score, ...
+
+
+@needs_shared("coco-mini")
+def test_csv_and_shorter_lists(coco_run, tmp_path, cache_dir):
+    """CSV, one row per tag; a shorter list is the start of the full one (greedy decoding)."""
+    run, _ = coco_run
+    got = {r["image"]: r for r in predict(predict_cfg(tmp_path, cache_dir, f"ckpt_path={run}/checkpoints/best.ckpt",
+                                                      f"images={TEST_PHOTOS}"))}
+    csv_out = tmp_path / "preds.csv"
+    predict(predict_cfg(tmp_path, cache_dir, f"ckpt_path={run}/checkpoints/best.ckpt", f"images={TEST_PHOTOS}/*.jpg",
+                        "top_k=3", f"out={csv_out}", "batch_size=7"))
+    rows = csv_out.read_text().splitlines()
+    assert rows[0] == "image,rank,tag,score" and len(rows) == 1 + 3 * len(got)
+    for row in rows[1:]:
+        image, rank, tag, score = row.split(",")
+        assert got[image]["tags"][int(rank) - 1]["tag"] == tag
+        assert float(score) == pytest.approx(got[image]["tags"][int(rank) - 1]["score"], rel=1e-5)
+
+
+@needs_shared("coco-mini")
+def test_unreadable_files_are_reported_skipped_and_counted(coco_run, tmp_path, cache_dir, capsys, caplog):
+    run, _ = coco_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = sorted(TEST_PHOTOS.iterdir())[:3]
+    for p in good:
+        shutil.copy(p, photos / p.name)
+    (photos / "cut.jpg").write_bytes(good[0].read_bytes()[:2000])  # a JPEG cut short
+    (photos / "notes.txt").write_text("not an image")
+    out = tmp_path / "preds.jsonl"
+    with caplog.at_level("WARNING", logger="tagrank"):
+        results = predict(predict_cfg(tmp_path, cache_dir, f"ckpt_path={run}/checkpoints/best.ckpt",
+                                      f"images={photos}", f"out={out}", "batch_size=2"))
+    assert [r["image"] for r in results] == [str(photos / p.name) for p in good]
+    assert len(out.read_text().splitlines()) == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(photos / "cut.jpg") in m and "cannot read image" in m for m in warned)
+    assert any(str(photos / "notes.txt") in m and "cannot read image" in m for m in warned)
+    assert "3 photos tagged, 2 files skipped" in capsys.readouterr().out
+
+
+@needs_shared("coco-mini")
+def test_checkpoint_without_tag_names_falls_back_to_its_run_config(coco_run, tmp_path, cache_dir, caplog):
+    run, cfg = coco_run
+    old = tmp_path / "old-run"
+    (old / "checkpoints").mkdir(parents=True)
+    ckpt = torch.load(run / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
+    del ckpt["tagrank_inputs"]  # as written before tagrank kept them
+    torch.save(ckpt, old / "checkpoints/best.ckpt")
+    photo = sorted(TEST_PHOTOS.iterdir())[0]
+    with pytest.raises(TagrankError, match="holds no tag names .* its run config .* is absent"):
+        predict(predict_cfg(tmp_path, cache_dir, f"ckpt_path={old}/checkpoints/best.ckpt", f"images={photo}"))
+    (old / ".hydra").mkdir()
+    OmegaConf.save(cfg, old / ".hydra/config.yaml")
+    with caplog.at_level("WARNING", logger="tagrank"):
+        results = predict(predict_cfg(tmp_path, cache_dir, f"ckpt_path={old}/checkpoints/best.ckpt", f"images={photo}"))
+    assert "holds no tag names" in caplog.text
+    assert [t["tag"] for t in results[0]["tags"]] == eval_lists(run)[str(photo)]
+
+
+@needs_shared("coco-mini")
+@pytest.mark.parametrize("args, message", [
+    (["images={empty}"], "images='{empty}': the folder holds no files"),
+    (["images={empty}/*.jpg"], "images='{empty}/*.jpg': the pattern matches no file"),
+    (["images={empty}/nothing.jpg"], "no such file or folder"),
+    (["ckpt_path={empty}/best.ckpt"], "ckpt_path='{empty}/best.ckpt' does not exist"),
+    (["top_k=0"], "top_k=0 is out of range: expected int > 0"),
+    (["top_k=1000"], "top_k=1000 is out of range: expected 1 to "),
+    (["out={empty}/preds.txt"], "expected a file ending in .jsonl or .csv"),
+])
+def test_bad_input_is_one_message_and_nothing_written(coco_run, tmp_path, cache_dir, args, message):
+    run, _ = coco_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "preds.jsonl"
+    given = {"ckpt_path": f"{run}/checkpoints/best.ckpt", "images": str(TEST_PHOTOS), "out": str(out)}
+    given.update(a.format(empty=empty).split("=", 1) for a in args)
+    with pytest.raises(TagrankError) as err:
+        predict(predict_cfg(tmp_path, cache_dir, *(f"{k}={v}" for k, v in given.items())))
+    assert message.format(empty=empty) in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob("*.jsonl")) and not list(tmp_path.glob("*.txt"))
+
+
+@needs_shared("coco-mini")
+def test_console_script_exits_2_with_one_line(coco_run, tmp_path, cli_env):
+    run, _ = coco_run
+    out = tmp_path / "preds.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "tagrank.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
+                           f"images={TEST_PHOTOS}", "top_k=1000", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, env=cli_env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("tagrank: error: top_k=1000 is out of range")
+    assert "Traceback" not in proc.stderr and not out.exists()
