@@ -53,8 +53,9 @@ class Tagger:
 
     @property
     def score_meaning(self) -> str:
-        """What a score is for this method (the first line of its ``tag_scores`` docstring)."""
-        return inspect.getdoc(self.model.tag_scores).split("\n\n")[0].replace("\n", " ")
+        """What a score is for this method: the first sentence of its ``tag_scores`` docstring."""
+        sentence = " ".join(inspect.getdoc(self.model.tag_scores).split()).split(". ")[0].rstrip(".")
+        return sentence[0].lower() + sentence[1:]
 
 
 def load_tagger(cfg: DictConfig) -> Tagger:
@@ -169,7 +170,7 @@ def format_predictions(results: list[dict], suffix: str) -> str:
 def print_table(results: list[dict]) -> None:
     width = min(max(len(r["image"]) for r in results), 60)
     for r in results:
-        tags = "  ".join(f"{t['tag']} {t['score']:.3g}" for t in r["tags"])
+        tags = ", ".join(f"{t['tag']} ({t['score']:.3g})" for t in r["tags"])
         print(f"{r['image']:<{width}}  {tags}")
 
 
@@ -185,8 +186,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise TagrankError(f"images={cfg.images!r}: none of the {len(files)} files is a readable image")
     print(f"{tagger.checkpoint}: top {tagger.model.top_k} tags; score = {tagger.score_meaning}")
     print_table(results)
-    print(f"{len(results)} photos tagged" + (f", {len(skipped)} files skipped (not readable images: see above)"
-                                             if skipped else ""))
+    summary = f"{len(results)} photo{'s' * (len(results) != 1)} tagged"
+    print(summary + (f", {len(skipped)} files skipped (not readable images: see above)" if skipped else ""))
     if out is not None:
         atomic_write_text(out, format_predictions(results, out.suffix))
         print(f"wrote {out}")

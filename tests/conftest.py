@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -55,3 +56,28 @@ def cli_env(tmp_path, cache_dir) -> dict[str, str]:
     env.update(TAGRANK_CACHE=str(cache_dir), TAGRANK_LOGS=str(tmp_path / "logs"), WANDB_MODE="offline",
                PYTHONUNBUFFERED="1")
     return env
+
+
+COCO = SHARED_DATA / "coco-mini"
+
+
+def train_on_coco_mini(tmp_path_factory, cache_dir: Path, kind: str, *overrides: str) -> tuple[Path, DictConfig]:
+    """An LSTM trained for 4 steps on coco-mini's real photos (64 px), its best checkpoint tested
+    (``predictions.jsonl``): ``kind`` "frozen" or "finetuned" (the backbone, as the overrides make it)."""
+    from tagrank.train import train
+
+    if not COCO.exists():
+        pytest.skip(f"{COCO} is absent (../shared is beside the project root on developer and CI machines)")
+    run = tmp_path_factory.mktemp(f"coco-{kind}")
+    cfg = compose_cfg(["data=coco", f"data.root={COCO}", "backbone.image_size=64", "trainer.enable_progress_bar=false",
+                       "trainer.max_steps=4", *overrides], run, cache_dir)
+    train(cfg)
+    finetuned = torch.load(run / "checkpoints/best.ckpt", weights_only=True)["state_dict"]["backbone_finetuned"]
+    assert bool(finetuned) == (kind == "finetuned")
+    return run, cfg
+
+
+@pytest.fixture(scope="session")
+def coco_run(tmp_path_factory, cache_dir) -> tuple[Path, DictConfig]:
+    """The frozen-backbone LSTM of :func:`train_on_coco_mini`, trained once per session (predict, export)."""
+    return train_on_coco_mini(tmp_path_factory, cache_dir, "frozen")

@@ -15,42 +15,16 @@ from omegaconf import OmegaConf
 from tagrank.errors import TagrankError
 from tagrank.predict import predict
 
-from .conftest import SHARED_DATA, compose_cfg, needs_shared
+from .conftest import COCO, compose_cfg, needs_shared, train_on_coco_mini
 
-COCO = SHARED_DATA / "coco-mini"
 TEST_PHOTOS = COCO / "val2017"  # coco-mini's test split
-
-
-def train_on_coco_mini(out_dir, cache_dir, *overrides: str):
-    """A few training steps on coco-mini's real photos; the run tests its best checkpoint (predictions.jsonl)."""
-    from tagrank.train import train
-
-    cfg = compose_cfg(["data=coco", f"data.root={COCO}", "backbone.image_size=64", "trainer.enable_progress_bar=false",
-                       *overrides], out_dir, cache_dir)
-    train(cfg)
-    return cfg
-
-
-def trained(tmp_path_factory, cache_dir, kind: str, *schedule: str):
-    if not COCO.exists():
-        pytest.skip(f"{COCO} is absent (../shared is beside the project root on developer and CI machines)")
-    run = tmp_path_factory.mktemp(f"coco-{kind}")
-    cfg = train_on_coco_mini(run, cache_dir, "trainer.max_steps=4", *schedule)
-    finetuned = bool(torch.load(run / "checkpoints/best.ckpt", weights_only=True)["state_dict"]["backbone_finetuned"])
-    assert finetuned == (kind == "finetuned")
-    return run, cfg
-
-
-@pytest.fixture(scope="module")
-def coco_run(tmp_path_factory, cache_dir):
-    """An LSTM trained for 4 steps with a frozen backbone (tested on cached features), once per module."""
-    return trained(tmp_path_factory, cache_dir, "frozen")
 
 
 @pytest.fixture(scope="module")
 def finetuned_run(tmp_path_factory, cache_dir):
     """An LSTM whose backbone was fine-tuned before its only validation (tested on the photos through it)."""
-    return trained(tmp_path_factory, cache_dir, "finetuned", "model.finetune_after_steps=3", "model.finetune_lr=0.001")
+    return train_on_coco_mini(tmp_path_factory, cache_dir, "finetuned", "model.finetune_after_steps=3",
+                              "model.finetune_lr=0.001")
 
 
 def predict_cfg(tmp_path, cache_dir, *overrides: str):
@@ -80,9 +54,9 @@ def test_predict_gives_tagrank_eval_lists_on_real_photos(kind, request, tmp_path
     scores = [t["score"] for r in got.values() for t in r["tags"]]
     assert all(0 < s <= 1 for s in scores) and len(set(scores)) > 10
     printed = capsys.readouterr().out
-    assert f"{len(got)} photos tagged" in printed and "score = The softmax probability" in printed
+    assert f"{len(got)} photos tagged" in printed and "score = the softmax probability of the tag at its step" in printed
     first = sorted(expected)[0]
-    assert f"{first}  {expected[first][0]} " in printed  # one row per photo: image, then tag score, ...
+    assert f"{first}  {expected[first][0]} (" in printed  # one row per photo: image, then tag (score), ...
 
 
 @needs_shared("coco-mini")

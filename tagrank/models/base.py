@@ -187,7 +187,9 @@ class RankedTagger(LightningModule):
         return ids, self.tag_scores(batch["computed_features"], ids).masked_fill(ids < 0, 0.0)
 
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The score [B, K] of each decoded tag ``ids`` [B, K] (-1 allowed) given image ``features`` [B, D]."""
+        """The score [B, K] of each decoded tag ``ids`` [B, K] (-1 allowed) given image ``features`` [B, D].
+
+        Its docstring's first sentence says what the score is (``tagrank-predict`` prints it)."""
         raise NotImplementedError
 
 

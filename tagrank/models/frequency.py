@@ -42,6 +42,6 @@ class FrequencyPrior(SolvedTagger):
         return order.expand(batch["target"].shape[0], -1)  # shape[0]: traced as the batch size
 
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Each tag's share of the training split's tag occurrences (the same for every image)."""
+        """The tag's share of the training split's tag occurrences. The same for every image."""
         share = self.counts.float() / self.counts.sum().clamp(min=1)
         return share[ids.clamp(min=0)]

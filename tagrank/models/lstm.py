@@ -149,6 +149,6 @@ class LSTMTagger(StagedTagger):
         return beam_distinct(lambda t, state, previous: (state[0][:, t], state), (logits,), steps, width)
 
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The softmax probability of each emitted tag at its step (over all tags: the masking of tags
-        already emitted is decoding, not the model)."""
+        """The softmax probability of the tag at its step. Over all tags: the masking of tags already
+        emitted is decoding, not the model."""
         return self(features, ids.shape[1]).softmax(-1).gather(-1, ids.clamp(min=0)[..., None])[..., 0]

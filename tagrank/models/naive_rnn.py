@@ -131,8 +131,8 @@ class NaiveRNN(StagedTagger):
         return beam_distinct(step, state, min(self.top_k, self.num_tags), self.hparams.beam_width)
 
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The softmax probability of each emitted tag at its step (over all outputs, END included), given
-        the tags emitted before it: one teacher-forced pass on the decoded list (the steps after a
-        captioning list ended are not used)."""
+        """The softmax probability of the tag at its step, given the tags before it. Over all outputs, END
+        included; computed by one teacher-forced pass on the decoded list (the steps after a captioning
+        list ended are not used)."""
         logits = self(features, ids[:, :-1].clamp(min=0))
         return logits.softmax(-1).gather(-1, ids.clamp(min=0)[..., None])[..., 0]

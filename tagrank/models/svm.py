@@ -220,7 +220,7 @@ class LinearSVM(SolvedTagger):
         return scores.topk(min(self.top_k, self.num_tags), dim=-1).indices
 
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Each tag's decision value w_v . phi(x) + b_v."""
+        """The tag's decision value w_v . phi(x) + b_v."""
         return self(features).gather(-1, ids.clamp(min=0))
 
     # -- fitting ---------------------------------------------------------------------------------

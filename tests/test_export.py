@@ -1,0 +1,124 @@
+"""tagrank-export: the ONNX file (run by ONNX Runtime) and the TorchScript file (torch.jit.load) give the
+PyTorch model's tags and scores, for every method, on any batch size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from tagrank.data.datamodule import image_transform, load_image
+from tagrank.errors import TagrankError
+from tagrank.export import export, export_tagger
+from tagrank.models.frequency import FrequencyPrior
+from tagrank.models.lstm import LSTMTagger
+from tagrank.models.naive_rnn import NaiveRNN
+from tagrank.models.svm import LinearSVM
+from tagrank.predict import Tagger, predict, unknown_targets
+
+from .conftest import COCO, compose_cfg, needs_shared
+
+NUM_TAGS, TOP_K, SIZE = 12, 5, 32
+
+
+def run_exported(path: Path, fmt: str, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The exported file run by its own runtime, as someone without tagrank would."""
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ids, scores = session.run(["ids", "scores"], {"images": images.numpy()})
+        return ids, scores
+    ids, scores = torch.jit.load(str(path))(images)
+    return ids.numpy(), scores.numpy()
+
+
+def untrained(method: str) -> torch.nn.Module:
+    """Each method with random weights (what is checked is the maths, the same for any weights)."""
+    torch.manual_seed(0)
+    if method == "frequency":
+        model = FrequencyPrior(NUM_TAGS, top_k=TOP_K)
+        model.counts.copy_(torch.tensor([9, 3, 3, 7, 0, 1, 3, 12, 2, 2, 5, 1]))  # ties: broken by tag id
+        return model
+    if method == "svm":
+        model = LinearSVM(NUM_TAGS, C=1.0, top_k=TOP_K)
+        torch.nn.init.normal_(model.linear.weight, std=1.0)
+        return model
+    if method == "lstm":
+        return LSTMTagger(NUM_TAGS, top_k=TOP_K)
+    return NaiveRNN(NUM_TAGS, top_k=TOP_K, decoding=method.removeprefix("naive_rnn_") or "masked")
+
+
+# svm_rank ranks and exports by LinearSVM's code (only its training loss differs): not repeated here. Each
+# export traces the whole backbone (seconds): TorchScript for every method and ONNX for the captioning
+# decoder (the one with an early stop) in the fast suite, ONNX for the others in the slow one (the LSTM's
+# ONNX file is checked on real photos below).
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("method, formats", [
+    ("lstm", ["torchscript"]), ("naive_rnn_masked", ["torchscript"]), ("svm", ["torchscript"]),
+    ("frequency", ["torchscript"]), ("naive_rnn_captioning", ["torchscript", "onnx"]),
+    pytest.param("naive_rnn_masked", ["onnx"], marks=SLOW), pytest.param("svm", ["onnx"], marks=SLOW),
+    pytest.param("frequency", ["onnx"], marks=SLOW),
+])
+def test_exported_files_give_pytorchs_tags_and_scores(method, formats, tmp_path):
+    model = untrained(method).eval()
+    tags = [f"tag{i}" for i in range(NUM_TAGS)]
+    images = torch.randint(0, 256, (5, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want_ids, want_scores = model.scored_rank({"image": images, "target": unknown_targets(images)})
+        assert torch.equal(want_ids, model.rank({"image": images, "target": unknown_targets(images)}))
+    for fmt in formats:
+        name = f"tagger.{fmt}"
+        sidecar = export_tagger(Tagger(model, tags, SIZE, tmp_path / "untrained.ckpt"), fmt, tmp_path / name)
+        ids, scores = run_exported(tmp_path / name, fmt, images)  # batch 5; traced on 2
+        assert np.array_equal(ids, want_ids.numpy()), fmt
+        np.testing.assert_allclose(scores, want_scores.numpy(), atol=1e-4, err_msg=fmt)
+        described = json.loads(sidecar.read_text())
+        assert described["tags"] == tags and described["top_k"] == TOP_K
+        assert described["input"]["shape"] == ["batch", 3, SIZE, SIZE] and described["input"]["dtype"] == "uint8"
+        assert described["input"]["mean"] == list(model.backbone.mean)
+
+
+@needs_shared("coco-mini")
+def test_export_of_a_trained_checkpoint_on_real_photos(coco_run, tmp_path, cache_dir):
+    run, _ = coco_run
+    ckpt = run / "checkpoints/best.ckpt"
+    photos = sorted((COCO / "val2017").iterdir())[:12]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in photos:
+        (folder / p.name).symlink_to(p)
+    expected = predict(compose_cfg([f"ckpt_path={ckpt}", f"images={folder}", "top_k=6"], tmp_path / "predict",
+                                   cache_dir, config_name="predict"))
+    assert [r["image"] for r in expected] == [str(folder / p.name) for p in photos]
+    for fmt, name in (("onnx", "tagger.onnx"), ("torchscript", "tagger.pt")):
+        export(compose_cfg([f"ckpt_path={ckpt}", f"format={fmt}", f"out={tmp_path / name}", "top_k=6"],
+                           tmp_path / "export", cache_dir, config_name="export"))
+        described = json.loads((tmp_path / f"{name}.json").read_text())
+        # The photos prepared as the sidecar says: the whole photo resized to the size, uint8 RGB, NCHW.
+        size = described["input"]["shape"][-1]
+        resize = image_transform(size, described["input"]["mean"], described["input"]["std"]).resize
+        images = torch.stack([resize(load_image(p)).as_subclass(torch.Tensor) for p in photos])
+        ids, scores = run_exported(tmp_path / name, fmt, images)
+        for want, row_ids, row_scores in zip(expected, ids, scores):
+            assert [described["tags"][i] for i in row_ids] == [t["tag"] for t in want["tags"]], fmt
+            np.testing.assert_allclose(row_scores, [t["score"] for t in want["tags"]], atol=1e-4)
+
+
+def test_bad_format_exits_2_with_one_line_and_missing_checkpoint_is_one_message(tmp_path, cli_env, cache_dir):
+    out = tmp_path / "t.onnx"
+    proc = subprocess.run([sys.executable, "-m", "tagrank.export", f"ckpt_path={tmp_path / 'missing.ckpt'}",
+                           "format=tflite", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, env=cli_env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "tagrank: error: format='tflite': expected one of ['onnx', 'torchscript']"
+    with pytest.raises(TagrankError, match="ckpt_path='/nowhere/best.ckpt' does not exist"):
+        export(compose_cfg(["ckpt_path=/nowhere/best.ckpt", f"out={out}"], tmp_path / "run", cache_dir,
+                           config_name="export"))
+    assert not out.exists() and not (tmp_path / "t.onnx.json").exists()
