@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -30,6 +31,7 @@ NUM_TAGS, TOP_K, SIZE = 12, 5, 32
 def run_exported(path: Path, fmt: str, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """The exported file run by its own runtime, as someone without tagrank would."""
     if fmt == "onnx":
+        onnx.checker.check_model(str(path), full_check=True)  # a valid ONNX model, its shapes inferred
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         ids, scores = session.run(["ids", "scores"], {"images": images.numpy()})
         return ids, scores
@@ -50,7 +52,12 @@ def untrained(method: str) -> torch.nn.Module:
         return model
     if method == "lstm":
         return LSTMTagger(NUM_TAGS, top_k=TOP_K)
-    return NaiveRNN(NUM_TAGS, top_k=TOP_K, decoding=method.removeprefix("naive_rnn_") or "masked")
+    if method == "naive_rnn_ending":  # a captioning decoder whose lists all end at once: all -1, scores 0
+        model = NaiveRNN(NUM_TAGS, top_k=TOP_K, decoding="captioning")
+        with torch.no_grad():
+            model.out.bias[model.end] = 1e3
+        return model
+    return NaiveRNN(NUM_TAGS, top_k=TOP_K, decoding=method.removeprefix("naive_rnn_"))
 
 
 # svm_rank ranks and exports by LinearSVM's code (only its training loss differs): not repeated here. Each
@@ -63,6 +70,7 @@ SLOW = pytest.mark.slow
 @pytest.mark.parametrize("method, formats", [
     ("lstm", ["torchscript"]), ("naive_rnn_masked", ["torchscript"]), ("svm", ["torchscript"]),
     ("frequency", ["torchscript"]), ("naive_rnn_captioning", ["torchscript", "onnx"]),
+    ("naive_rnn_ending", ["torchscript"]),
     pytest.param("naive_rnn_masked", ["onnx"], marks=SLOW), pytest.param("svm", ["onnx"], marks=SLOW),
     pytest.param("frequency", ["onnx"], marks=SLOW),
 ])
@@ -73,6 +81,7 @@ def test_exported_files_give_pytorchs_tags_and_scores(method, formats, tmp_path)
     with torch.no_grad():
         want_ids, want_scores = model.scored_rank({"image": images, "target": unknown_targets(images)})
         assert torch.equal(want_ids, model.rank({"image": images, "target": unknown_targets(images)}))
+        assert (want_ids < 0).all() == (method == "naive_rnn_ending") and (want_scores[want_ids < 0] == 0).all()
     for fmt in formats:
         name = f"tagger.{fmt}"
         sidecar = export_tagger(Tagger(model, tags, SIZE, tmp_path / "untrained.ckpt"), fmt, tmp_path / name)
