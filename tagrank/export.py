@@ -85,6 +85,10 @@ def example_images(image_size: int, batch: int = 2) -> torch.Tensor:
 def export_tagger(tagger: Tagger, fmt: str, out: Path) -> Path:
     """Write the traced model to ``out`` and its sidecar to ``<out>.json`` (each atomically); returns the sidecar."""
     model = tagger.model.eval()
+    if fmt == "onnx" and model.hparams.get("beam_width", 1) > 1:
+        # Measured: the traced beam search runs in TorchScript, but ONNX Runtime rejects its GatherElements.
+        raise TagrankError(f"{tagger.checkpoint}: beam search (model.beam_width={model.hparams.beam_width}) does "
+                           "not export to ONNX; use format=torchscript")
     wrapper = ExportedTagger(model).eval().requires_grad_(False)  # a file for inference: outputs need no graph
     images = example_images(tagger.image_size)
     with tracing(model):

@@ -20,6 +20,7 @@ from tagrank.export import export, export_tagger
 from tagrank.models.frequency import FrequencyPrior
 from tagrank.models.lstm import LSTMTagger
 from tagrank.models.naive_rnn import NaiveRNN
+from tagrank.models.scorer import ListwiseScorer
 from tagrank.models.svm import LinearSVM
 from tagrank.predict import Tagger, predict, unknown_targets
 
@@ -50,8 +51,12 @@ def untrained(method: str) -> torch.nn.Module:
         model = LinearSVM(NUM_TAGS, C=1.0, top_k=TOP_K)
         torch.nn.init.normal_(model.linear.weight, std=1.0)
         return model
-    if method == "lstm":
-        return LSTMTagger(NUM_TAGS, top_k=TOP_K)
+    if method in ("lstm", "lstm_beam"):
+        return LSTMTagger(NUM_TAGS, top_k=TOP_K, beam_width=3 if method == "lstm_beam" else 1)
+    if method == "naive_rnn_beam":
+        return NaiveRNN(NUM_TAGS, top_k=TOP_K, beam_width=3)
+    if method == "scorer":
+        return ListwiseScorer(NUM_TAGS, top_k=TOP_K)
     if method == "naive_rnn_ending":  # a captioning decoder whose lists all end at once: all -1, scores 0
         model = NaiveRNN(NUM_TAGS, top_k=TOP_K, decoding="captioning")
         with torch.no_grad():
@@ -70,7 +75,8 @@ SLOW = pytest.mark.slow
 @pytest.mark.parametrize("method, formats", [
     ("lstm", ["torchscript"]), ("naive_rnn_masked", ["torchscript"]), ("svm", ["torchscript"]),
     ("frequency", ["torchscript"]), ("naive_rnn_captioning", ["torchscript", "onnx"]),
-    ("naive_rnn_ending", ["torchscript"]),
+    ("naive_rnn_ending", ["torchscript"]), ("lstm_beam", ["torchscript"]), ("scorer", ["torchscript"]),
+    pytest.param("naive_rnn_beam", ["torchscript"], marks=SLOW), pytest.param("scorer", ["onnx"], marks=SLOW),
     pytest.param("naive_rnn_masked", ["onnx"], marks=SLOW), pytest.param("svm", ["onnx"], marks=SLOW),
     pytest.param("frequency", ["onnx"], marks=SLOW),
 ])
@@ -82,6 +88,8 @@ def test_exported_files_give_pytorchs_tags_and_scores(method, formats, tmp_path)
         want_ids, want_scores = model.scored_rank({"image": images, "target": unknown_targets(images)})
         assert torch.equal(want_ids, model.rank({"image": images, "target": unknown_targets(images)}))
         assert (want_ids < 0).all() == (method == "naive_rnn_ending") and (want_scores[want_ids < 0] == 0).all()
+        features = model.image_features({"image": images})
+        torch.testing.assert_close(model.tag_scores(features, want_ids).masked_fill(want_ids < 0, 0), want_scores)
     for fmt in formats:
         name = f"tagger.{fmt}"
         sidecar = export_tagger(Tagger(model, tags, SIZE, tmp_path / "untrained.ckpt"), fmt, tmp_path / name)
@@ -130,4 +138,6 @@ def test_bad_format_exits_2_with_one_line_and_missing_checkpoint_is_one_message(
     with pytest.raises(TagrankError, match="ckpt_path='/nowhere/best.ckpt' does not exist"):
         export(compose_cfg(["ckpt_path=/nowhere/best.ckpt", f"out={out}"], tmp_path / "run", cache_dir,
                            config_name="export"))
+    with pytest.raises(TagrankError, match=r"beam search \(model.beam_width=3\) does not export to ONNX"):
+        export_tagger(Tagger(untrained("lstm_beam"), [f"tag{i}" for i in range(NUM_TAGS)], SIZE, out), "onnx", out)
     assert not out.exists() and not (tmp_path / "t.onnx.json").exists()

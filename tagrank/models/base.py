@@ -323,7 +323,7 @@ def beam_distinct(step: Callable[[int, tuple[torch.Tensor, ...], torch.Tensor | 
     ``state`` has one row per beam along dim 0 (reordered here as beams are kept). Width 1 is greedy
     decoding with repeats masked (``greedy_distinct``'s list).
     """
-    batch = len(state[0])
+    batch = state[0].shape[0]  # shape[0], not len(): torch.jit.trace (tagrank-export) keeps it the batch size
     scores = state[0].new_zeros(batch, 1, dtype=torch.float32)
     seqs = torch.zeros(batch, 1, 0, dtype=torch.long, device=state[0].device)
     used: torch.Tensor | None = None
@@ -339,6 +339,6 @@ def beam_distinct(step: Callable[[int, tuple[torch.Tensor, ...], torch.Tensor | 
         rows = (beam + torch.arange(batch, device=beam.device)[:, None] * beams).view(-1)
         state = tuple(s[rows] for s in state)
         seqs = torch.cat([seqs.gather(1, beam[..., None].expand(-1, -1, t)), tag[..., None]], dim=-1)
-        used = used.gather(1, beam[..., None].expand(-1, -1, vocab)).scatter(2, tag[..., None], True)
+        used = used.gather(1, beam[..., None].expand(-1, -1, vocab)).scatter(2, tag[..., None], 1)  # 1: traceable True
         previous = tag.view(-1)
     return seqs[:, 0]

@@ -126,7 +126,7 @@ class NaiveRNN(StagedTagger):
             out, (h, c) = self.lstm(self.drop(x)[:, None], (h[None], c[None]))
             return self.out(self.drop(out[:, 0])), (x, h[0], c[0])
 
-        zeros = features.new_zeros(len(features), hidden)
+        zeros = features.new_zeros(features.shape[0], hidden)
         state = (self.first_input(features), zeros, zeros)
         return beam_distinct(step, state, min(self.top_k, self.num_tags), self.hparams.beam_width)
 

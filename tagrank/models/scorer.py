@@ -127,3 +127,7 @@ class ListwiseScorer(StagedTagger):
         above = probs >= self.stop_threshold
         above[:, 0] = True
         return preds.masked_fill(~above, -1)
+
+    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The softmax probability of the tag over all tags (what ``scored_rank`` returns with its ids)."""
+        return self(features).float().softmax(-1).gather(1, ids.clamp(min=0))
