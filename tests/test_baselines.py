@@ -16,7 +16,7 @@ from sklearn.svm import LinearSVC
 
 from tagrank import CONF_DIR
 from tagrank.errors import TagrankError
-from tagrank.metrics import RankingMetrics, ndcg_at_k, precision_at_k
+from tagrank.metrics import RankingMetrics, SetMetrics, ndcg_at_k, precision_at_k
 from tagrank.models.naive_rnn import NaiveRNN
 from tagrank.models.svm import LinearSVM, Primal, hinge, presence
 from tagrank.models.svm_rank import RankSVM, grades, pairwise_hinge
@@ -351,6 +351,11 @@ def test_captioning_stops_at_end_and_pads_with_minus_one():
     metric = RankingMetrics(10)
     metric.update(ranked, target)
     assert float(metric.compute()["p@10"]) == pytest.approx((2 + 4 + 1) / 30)
+    # As a set (its own stop rule, END), each list is exactly right.
+    sets = SetMetrics()
+    sets.update(model.predicted_set({"target": target}, ranked), target)
+    assert {k: float(v) for k, v in sets.compute().items()} == pytest.approx(
+        {"set_precision": 1.0, "set_recall": 1.0, "set_f1": 1.0, "set_size": 7 / 3})
 
 
 def test_captioning_decodes_greedily_without_masking():

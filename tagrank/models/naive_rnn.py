@@ -115,6 +115,10 @@ class NaiveRNN(StagedTagger):
             x = self.embed(pick.clamp(max=self.num_tags - 1))  # a finished list's input no longer matters
         return out
 
+    def predicted_set(self, batch: dict[str, torch.Tensor], preds: torch.Tensor) -> torch.Tensor | None:
+        """The captioning decoder's list up to END is its own set (set metrics in the test table)."""
+        return preds if self.captioning else None
+
     def beam(self, features: torch.Tensor) -> torch.Tensor:
         """Beam search over lists of distinct tags, each beam feeding back its own previous tag."""
         hidden = self.lstm.hidden_size
