@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -163,3 +164,13 @@ def test_check_file_records_size_checksum_and_count(tmp_path):
     cache.check_path(path).unlink()
     with pytest.raises(cache.Unverified, match="no checksum file"):
         cache.verify(path)
+
+
+def test_atomically_written_files_get_the_usual_mode_not_the_temporary_files(tmp_path):
+    # mkstemp makes owner-only files; a cache or exported model written through it must not stay so.
+    old = os.umask(0o022)
+    try:
+        cache.atomic_write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644

@@ -44,9 +44,18 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp's file is owner-only (0600); give the result the mode open() would (0666 less the
+        # umask): caches, predictions and exported models are often shared.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    return mask
 
 
 def _text_filler(text: str) -> Callable[[str], None]:

@@ -223,7 +223,6 @@ def render(scores: Scores, rows: list[Row], images: dict[str, Path], title: str,
 def write_report(path: Path, scores: Scores, rows: list[Row], images: dict[str, Path], title: str, intro: str,
                  figures: dict[str, Path] | None = None) -> Path:
     atomic_write_text(Path(path), render(scores, rows, images, title, intro, figures))
-    Path(path).chmod(0o644)  # a page to share: not the temporary file's owner-only mode
     return Path(path)
 
 
