@@ -25,7 +25,7 @@ finetune (the fine-tuning methods' schedule as an experiment name; ``auto``: ``s
 data=synthetic, ``flickr8k_finetune`` on data=flickr8k, none in quick mode, otherwise the model config's own ``finetune_after_steps`` (the
 paper's 7500) with the passed trainer settings; ``none``: frozen backbone for every method), jobs
 (how many fine-tuning multiruns run at once, the CPU threads shared between them; ``auto``: 2 on
-a machine with 2 or more CPUs).
+a machine with 2 or more CPUs), reference (lstm: the method of the table's paired difference column).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ from tagrank.errors import TagrankError
 log = logging.getLogger("tagrank")
 
 SETTINGS = {"data": "synthetic", "seeds": "3", "methods": "lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,scorer,frequency", "quick": "false",
-            "logger": "csv", "results": "results", "sweep_dir": "", "aggregate": "", "finetune": "auto", "jobs": "auto"}
+            "logger": "csv", "results": "results", "sweep_dir": "", "aggregate": "", "finetune": "auto", "jobs": "auto",
+            "reference": "lstm"}
 FINETUNED = ("lstm", "naive_rnn", "naive_rnn_captioning", "scorer")  # the methods that fine-tune the backbone
 # Fitted by one deterministic solve on the cached features: every seed gives the same run
 # (tests/test_baselines.py checks it), so one run (seed 0) stands for all; an SVM-rank run with its C
@@ -199,15 +200,17 @@ def run_all(group: str, jobs: list[list[list[str]]], sweep_dir: Path, threads: i
     print(f"multiruns ({group}, {len(jobs)} at a time) finished in {time.time() - start:.0f} s", flush=True)
 
 
-def report(sweep_dir: Path, out_dir: Path, logger: str) -> str:
+def report(sweep_dir: Path, out_dir: Path, logger: str, reference: str = "lstm") -> str:
     # tagrank.report imports torch: after the arguments are checked
     from tagrank.report import figures, html, loggers, runs, stats, tables
 
     found = runs.load_runs(sweep_dir)
     data = found[0].data
     scores = stats.image_scores(found)
-    rows = stats.summarise(scores)
-    md = tables.write_table(rows, out_dir, data)
+    if reference not in scores.runs:
+        raise TagrankError(f"reference={reference!r}: no runs of it in {sweep_dir} (methods: {', '.join(scores.runs)})")
+    rows = stats.summarise(scores, reference=reference)
+    md = tables.write_table(rows, out_dir, data, reference)
     written = {"fig3": figures.plot_curves(rows, out_dir / "fig3.png", data)}
     images = runs.image_files(found[0])
     examples = figures.pick_examples(found, images)
@@ -237,7 +240,7 @@ def main(argv: list[str]) -> int:
 
         data = load_runs(sweep_dir)[0].data
         out_dir = Path(settings["results"]) / data
-        md = report(sweep_dir, out_dir, settings["logger"])
+        md = report(sweep_dir, out_dir, settings["logger"], settings["reference"])
     except TagrankError as err:
         print(f"table1: error: {err}", file=sys.stderr)
         return 2

@@ -102,11 +102,11 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     path.write_text(buf.getvalue())
 
 
-def write_table(rows: list[Row], out_dir: Path, data: str) -> str:
+def write_table(rows: list[Row], out_dir: Path, data: str, reference: str = REFERENCE) -> str:
     """``table1.md``, ``table1.csv`` and ``curves.csv`` in ``out_dir``; returns the markdown."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = table_markdown(rows, data)
+    md = table_markdown(rows, data, reference)
     (out_dir / "table1.md").write_text(md)
     _write_csv(out_dir / "table1.csv", CSV_COLUMNS, table_rows(rows))
     _write_csv(out_dir / "curves.csv", CURVE_COLUMNS, curve_rows(rows))
