@@ -70,6 +70,14 @@ def precision_at_k(predicted: Sequence[Hashable], truth: Sequence[Hashable], k: 
     return len(set(predicted[:k]) & set(truth)) / k
 
 
+def first_occurrences(preds: torch.Tensor) -> torch.Tensor:
+    """[B, K] True where ``preds`` holds a real tag (>= 0) not already named earlier in its list: the
+    places that can score (a repeat is a miss)."""
+    same = preds[:, :, None] == preds[:, None, :]  # [B, K, K]
+    earlier = torch.ones_like(same[0]).tril(-1)
+    return (preds >= 0) & ~(same & earlier).any(-1)
+
+
 def relevance_grades(valid: torch.Tensor, kind: str = "linear") -> torch.Tensor:
     """Relevance of each ground-truth position [B, L] of lists whose real entries are ``valid`` (0 at
     padding), as :func:`relevance_of` defines it."""
@@ -123,9 +131,7 @@ class RankingMetrics(Metric):
         if preds.numel() == 0:
             return
         rel_truth = self._relevance(valid)  # [B, L]
-        same = preds[:, :, None] == preds[:, None, :]  # [B, K, K]
-        first = ~(same & torch.ones(k, k, dtype=torch.bool, device=preds.device).tril(-1)).any(-1)  # not seen before
-        counted = (preds >= 0) & first  # a real tag, at its first occurrence
+        counted = first_occurrences(preds)
         match = (preds[:, :, None] == target[:, None, :]) & valid[:, None, :] & counted[:, :, None]
         rel_pred = (match.double() * rel_truth[:, None, :]).sum(-1)  # [B, K]
         discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=preds.device, dtype=torch.float64))
@@ -171,9 +177,7 @@ class SetMetrics(Metric):
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         keep = (target >= 0).any(-1)
         preds, target = preds[keep].long(), target[keep]
-        same = preds[:, :, None] == preds[:, None, :]
-        first = ~(same & torch.ones_like(same[0]).tril(-1)).any(-1)
-        named = (preds >= 0) & first
+        named = first_occurrences(preds)
         hits = (((preds[:, :, None] == target[:, None, :]) & (target >= 0)[:, None, :]).any(-1) & named).sum(-1).double()
         size, truth = named.sum(-1).double(), (target >= 0).sum(-1).double()
         precision, recall = hits / size.clamp(min=1), hits / truth
