@@ -79,19 +79,22 @@ def test_the_data_module_reads_images_from_the_cache(tmp_path):
     assert torch.equal(backbone_input(backbone, batch["image"]), expected)
 
 
-@pytest.mark.parametrize("steps", [1, 2, 7])
-def test_repeated_input_lstm_is_nn_lstm(steps):
-    torch.manual_seed(steps)
+@pytest.mark.parametrize("batch_sizes", [(3,), (3, 3), (3,) * 7, (3, 2, 1), (3, 3, 1, 1), (1, 1, 1, 1)])
+def test_repeated_input_lstm_is_nn_lstm_on_each_row_until_its_end(batch_sizes):
+    """Packed like nn.utils.rnn.PackedSequence: row r runs the steps t with r < batch_sizes[t]."""
+    torch.manual_seed(len(batch_sizes))
     lstm = nn.LSTM(5, 4, batch_first=True).double()
     v = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
     params = [v, *lstm.parameters()]
-    ref, _ = lstm(v.unsqueeze(1).expand(-1, steps, -1))
-    out = RepeatedInputLSTM.apply(v, *lstm.parameters(), steps)
+    steps = len(batch_sizes)
+    h, _ = lstm(v.unsqueeze(1).expand(-1, steps, -1))  # [B, T, H]
+    ref = torch.cat([h[:n, t] for t, n in enumerate(batch_sizes)])  # PackedSequence.data's layout
+    out = RepeatedInputLSTM.apply(v, *lstm.parameters(), batch_sizes)
     grad = torch.randn_like(ref)
     assert torch.allclose(out, ref, atol=1e-12)
     for a, b in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
         assert torch.allclose(a, b, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda *a: RepeatedInputLSTM.apply(*a, steps),
+    assert torch.autograd.gradcheck(lambda *a: RepeatedInputLSTM.apply(*a, batch_sizes),
                                     [p.detach().requires_grad_() for p in params])
 
 
@@ -101,16 +104,19 @@ def test_lstm_tagger_runs_each_list_only_as_long_as_it_is_and_gets_the_same_loss
     target = torch.tensor([[1, 2, -1, -1, -1], [3, -1, -1, -1, -1], [4, 5, 6, 7, 8], [-1] * 5, [0, 8, 7, -1, -1]])
     batch = {"features": torch.randn(5, model.feature_dim, dtype=torch.double), "target": target}
     loss = model.loss(batch)
-    grads = torch.autograd.grad(loss, [model.proj.weight, *model.lstm.parameters()])
+    params = [*model.proj.parameters(), *model.lstm.parameters(), *model.out.parameters()]
+    grads = torch.autograd.grad(loss, params)
     # The reference: nn.LSTM over every step of every row, the loss ignoring the padding.
     v = model.proj(batch["features"])
     h, _ = model.lstm(v.unsqueeze(1).expand(-1, 5, -1))
     logits = model.out(h)
     ref = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1, reduction="sum") / 5
-    ref_grads = torch.autograd.grad(ref, [model.proj.weight, *model.lstm.parameters()])
+    ref_grads = torch.autograd.grad(ref, params)
     assert torch.allclose(loss, ref, atol=1e-12)
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-12)
+    empty = {"features": batch["features"], "target": torch.full_like(target, -1)}  # no tag at all: loss 0
+    assert model.loss(empty).item() == 0 and model.loss(empty).requires_grad
 
 
 def test_lstm_tagger_keeps_nn_lstm_parameters():

@@ -25,62 +25,87 @@ from tagrank.models.base import Factor, StagedTagger, beam_distinct, greedy_dist
 
 
 class RepeatedInputLSTM(torch.autograd.Function):
-    """``nn.LSTM`` (one layer, zero initial state) over ``steps`` steps whose input is ``v`` at every step.
+    """``nn.LSTM`` (one layer, zero initial state) whose input is ``v`` at every step, over a packed batch:
+    step t runs the first ``batch_sizes[t]`` rows of ``v`` (rows sorted by list length, longest first;
+    ``batch_sizes`` non-increasing, as ``nn.utils.rnn.PackedSequence``'s), and the result is the hidden
+    states in ``PackedSequence.data``'s layout, [sum(batch_sizes), H], time-major.
 
     Why not ``nn.LSTM`` on ``v`` repeated: its input projection W_ih v + b is then computed (and
-    differentiated) ``steps`` times, and its CPU kernel (oneDNN) is slow at this size (batch 16, hidden
+    differentiated) at every step, and its CPU kernel (oneDNN) is slow at this size (batch 16, hidden
     300; backward twice the forward). Here the projection is computed once, the recurrence in plain
     matrix products, and the backward pass by hand: the projection's gradient is the steps' summed,
-    and W_hh's one product over all steps. Same maths as ``nn.LSTM`` (gate order i, f, g, o);
-    ``tests/test_speed.py`` checks values and gradients against it in float64.
+    and W_hh's one product over all steps. Packed, a list that has ended costs no more steps (a
+    training batch's lists are half as long on average as its longest). Same maths as ``nn.LSTM``
+    (gate order i, f, g, o); ``tests/test_speed.py`` checks values and gradients against it in float64.
     """
 
     @staticmethod
     def forward(ctx, v: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-                b_hh: torch.Tensor, steps: int) -> torch.Tensor:
+                b_hh: torch.Tensor, batch_sizes: tuple[int, ...]) -> torch.Tensor:
         hidden = w_hh.shape[1]
+        starts = [0]
+        for n in batch_sizes:
+            starts.append(starts[-1] + n)
         x = torch.addmm(b_ih + b_hh, v, w_ih.t())  # [B, 4H], the same at every step
-        gates = v.new_empty(steps, len(v), 4 * hidden)  # activated i, f, g, o
-        cells, tanh_cells, hs = (v.new_empty(steps, len(v), hidden) for _ in range(3))
-        for t in range(steps):
-            pre = x if t == 0 else torch.addmm(x, hs[t - 1], w_hh.t())
-            torch.sigmoid(pre, out=gates[t])
-            torch.tanh(pre[:, 2 * hidden:3 * hidden], out=gates[t, :, 2 * hidden:3 * hidden])
-            i, f, g, o = gates[t].chunk(4, dim=1)
-            torch.mul(i, g, out=cells[t])
+        gates = v.new_empty(starts[-1], 4 * hidden)  # activated i, f, g, o
+        cells, tanh_cells, hs = (v.new_empty(starts[-1], hidden) for _ in range(3))
+        for t, m in enumerate(batch_sizes):
+            now = slice(starts[t], starts[t] + m)
+            before = slice(starts[t - 1], starts[t - 1] + m)  # the same rows one step earlier
+            pre = x[:m] if t == 0 else torch.addmm(x[:m], hs[before], w_hh.t())
+            gate = gates[now]
+            torch.sigmoid(pre, out=gate)
+            torch.tanh(pre[:, 2 * hidden:3 * hidden], out=gate[:, 2 * hidden:3 * hidden])
+            i, f, g, o = gate.chunk(4, dim=1)
+            torch.mul(i, g, out=cells[now])
             if t > 0:
-                cells[t].addcmul_(f, cells[t - 1])
-            torch.tanh(cells[t], out=tanh_cells[t])
-            torch.mul(o, tanh_cells[t], out=hs[t])
+                cells[now].addcmul_(f, cells[before])
+            torch.tanh(cells[now], out=tanh_cells[now])
+            torch.mul(o, tanh_cells[now], out=hs[now])
+        ctx.batch_sizes, ctx.starts = batch_sizes, starts
         ctx.save_for_backward(v, w_ih, w_hh, gates, cells, tanh_cells, hs)
-        return hs.transpose(0, 1).contiguous()  # [B, steps, H], batch first like the module
+        return hs
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx, grad_hs: torch.Tensor):
         v, w_ih, w_hh, gates, cells, tanh_cells, hs = ctx.saved_tensors
-        steps, batch, hidden = hs.shape
-        grad_h_out = grad_out.transpose(0, 1)
-        i, f, g, o = gates.split(hidden, dim=2)
-        previous = torch.cat([torch.zeros_like(cells[:1]), cells[:-1]])
+        sizes, starts, hidden = ctx.batch_sizes, ctx.starts, hs.shape[1]
+        # Each packed row's row one step earlier (steps >= 1), and each packed row's batch row.
+        earlier = torch.cat([torch.arange(starts[t - 1], starts[t - 1] + n) for t, n in enumerate(sizes) if t > 0]
+                            or [torch.zeros(0, dtype=torch.long)]).to(v.device)
+        rows = torch.cat([torch.arange(n) for n in sizes]).to(v.device)
+        i, f, g, o = gates.split(hidden, dim=1)
+        previous = torch.cat([cells.new_zeros(sizes[0], hidden), cells[earlier]])
         # Factors that do not depend on the recursion, for all steps at once.
         from_h = o * (1 - tanh_cells * tanh_cells)  # h_t's share of d loss / d c_t
-        to_ifg = torch.cat([g * i * (1 - i), previous * f * (1 - f), i * (1 - g * g)], dim=2)
+        to_ifg = torch.cat([g * i * (1 - i), previous * f * (1 - f), i * (1 - g * g)], dim=1)
         to_o = tanh_cells * o * (1 - o)
-        grad_pre = gates.new_empty(gates.shape)  # d loss / d gate pre-activations, per step
-        grad_h = grad_c = None
-        for t in reversed(range(steps)):
-            dh = grad_h_out[t] if grad_h is None else grad_h_out[t] + grad_h
-            dc = dh * from_h[t] if grad_c is None else torch.addcmul(grad_c, dh, from_h[t])
-            torch.mul(dc.unsqueeze(1), to_ifg[t].view(batch, 3, hidden),
-                      out=grad_pre[t, :, :3 * hidden].view(batch, 3, hidden))
-            torch.mul(dh, to_o[t], out=grad_pre[t, :, 3 * hidden:])
-            grad_c = dc * f[t]
+        grad_pre = gates.new_empty(gates.shape)  # d loss / d gate pre-activations, per packed row
+        grad_h = grad_c = None  # from the step after, on its (fewer) rows
+        for t in reversed(range(len(sizes))):
+            m = sizes[t]
+            now = slice(starts[t], starts[t] + m)
+            dh = grad_hs[now] if grad_h is None else _plus_prefix(grad_hs[now], grad_h)
+            dc = dh * from_h[now] if grad_c is None else _plus_prefix(dh * from_h[now], grad_c)
+            torch.mul(dc.unsqueeze(1), to_ifg[now].view(m, 3, hidden),
+                      out=grad_pre[now, :3 * hidden].view(m, 3, hidden))
+            torch.mul(dh, to_o[now], out=grad_pre[now, 3 * hidden:])
+            grad_c = dc * f[now]
             if t > 0:
-                grad_h = grad_pre[t] @ w_hh
-        grad_x = grad_pre.sum(0)  # the input's share of every step
+                grad_h = grad_pre[now] @ w_hh
+        grad_x = grad_pre.new_zeros(len(v), 4 * hidden).index_add_(0, rows, grad_pre)  # the input's share of every step
         grad_b = grad_x.sum(0)
-        grad_w_hh = grad_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1) if steps > 1 else torch.zeros_like(w_hh)
+        grad_w_hh = grad_pre[sizes[0]:].t() @ hs[earlier]
         return grad_x @ w_ih, grad_x.t() @ v, grad_w_hh, grad_b, grad_b, None
+
+
+def _plus_prefix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a + b where b holds the first len(b) of a's rows (the rows whose list goes on one more step)."""
+    if len(b) == len(a):
+        return a + b
+    out = a.clone()
+    out[:len(b)] += b
+    return out
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -114,29 +139,40 @@ class LSTMTagger(StagedTagger):
 
     def forward(self, features: torch.Tensor, steps: int, lengths: list[int] | None = None) -> torch.Tensor:
         """Per-step tag logits [B, steps, V] for image features [B, D]. With ``lengths`` (of the batch's
-        ground-truth lists) the LSTM stops after the longest: the loss ignores the steps after a list
-        ends, and a step depends only on those before it, so the logits it reads are the same; the ones
-        after are those of h = 0."""
-        v = dropout(self.proj(features), self.drop.p, self.training)
+        ground-truth lists) the LSTM stops after the longest: a step depends only on those before it,
+        so the logits of the steps run are the same; the ones after are those of h = 0."""
         run = steps if lengths is None else max(1, min(steps, max(lengths)))
-        lstm = self.lstm
-        with torch.autocast(v.device.type, enabled=False):  # a small recurrence: float32 under bf16 autocast too
-            if torch.jit.is_tracing():  # tagrank-export: nn.LSTM's own op (same maths), which ONNX and TorchScript know
-                h = lstm(v[:, None].expand(-1, run, -1))[0]
-            else:
-                h = RepeatedInputLSTM.apply(v.to(lstm.weight_ih_l0.dtype), lstm.weight_ih_l0, lstm.weight_hh_l0,
-                                            lstm.bias_ih_l0, lstm.bias_hh_l0, run)
+        v = dropout(self.proj(features), self.drop.p, self.training)
+        if torch.jit.is_tracing():  # tagrank-export: nn.LSTM's own op (same maths), which ONNX and TorchScript know
+            h = self.lstm(v[:, None].expand(-1, run, -1))[0]
+        else:
+            h = self._run_lstm(v, (len(v),) * run).view(run, len(v), -1).transpose(0, 1)
         if run < steps:
             h = nn.functional.pad(h, (0, 0, 0, steps - run))
         return self.out(dropout(h, self.drop.p, self.training))
 
+    def _run_lstm(self, v: torch.Tensor, batch_sizes: tuple[int, ...]) -> torch.Tensor:
+        lstm = self.lstm
+        with torch.autocast(v.device.type, enabled=False):  # a small recurrence: float32 under bf16 autocast too
+            return RepeatedInputLSTM.apply(v.to(lstm.weight_ih_l0.dtype), lstm.weight_ih_l0, lstm.weight_hh_l0,
+                                           lstm.bias_ih_l0, lstm.bias_hh_l0, batch_sizes)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target = batch["target"]
-        logits = self(self.image_features(batch), target.shape[1], list_lengths(batch))
+        target, lengths = batch["target"], list_lengths(batch)
+        features = self.image_features(batch)
         if self.hparams.get("loss", "cross_entropy") == "plackett_luce":
-            return plackett_luce_nll(logits, target) / len(target)
-        ce = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1, reduction="sum")
-        return ce / len(target)
+            return plackett_luce_nll(self(features, target.shape[1], lengths), target) / len(target)
+        # The paper's loss reads each list's own steps only: the lists packed longest first, each step
+        # run on the rows whose list goes on (the padded steps of the others cost nothing).
+        order = sorted((r for r, n in enumerate(lengths) if n > 0), key=lambda r: -lengths[r])
+        if not order:  # no tag in the batch: a zero loss that still has a gradient
+            return self(features, 1).sum() * 0
+        index = torch.tensor(order, device=target.device)
+        packed = nn.utils.rnn.pack_padded_sequence(target[index], [lengths[r] for r in order], batch_first=True)
+        v = dropout(self.proj(features[index]), self.drop.p, self.training)
+        h = self._run_lstm(v, tuple(packed.batch_sizes.tolist()))
+        logits = self.out(dropout(h, self.drop.p, self.training))
+        return nn.functional.cross_entropy(logits, packed.data, reduction="sum") / len(target)
 
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self(self.image_features(batch), self.top_k)
