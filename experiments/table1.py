@@ -49,7 +49,7 @@ log = logging.getLogger("tagrank")
 SETTINGS = {"data": "synthetic", "seeds": "3", "methods": "lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,scorer,frequency", "quick": "false",
             "logger": "csv", "results": "results", "sweep_dir": "", "aggregate": "", "finetune": "auto", "jobs": "auto",
             "reference": "lstm"}
-FINETUNED = ("lstm", "naive_rnn", "naive_rnn_captioning", "scorer")  # the methods that fine-tune the backbone
+FINETUNED = ("lstm", "lstm_tuned", "naive_rnn", "naive_rnn_captioning", "scorer", "scorer_tuned")  # fine-tune the backbone
 # Fitted by one deterministic solve on the cached features: every seed gives the same run
 # (tests/test_baselines.py checks it), so one run (seed 0) stands for all; an SVM-rank run with its C
 # search takes the better part of an hour on Flickr8k on 2 cores.

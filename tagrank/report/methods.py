@@ -18,7 +18,8 @@ PAPER = {
 }
 LABELS = {"frequency": "Frequency prior", "svm": "SVM", "svm_rank": "SVM-rank",
           "naive_rnn_captioning": "Naive-RNN (captioning)", "naive_rnn": "Naive-RNN + masking",
-          "lstm": "Ours (LSTM)", "scorer": "Listwise scorer (new)"}
+          "lstm": "Ours (LSTM)", "lstm_tuned": "Ours (LSTM), tuned", "scorer": "Listwise scorer (new)",
+          "scorer_tuned": "Listwise scorer, tuned"}
 ORDER = list(LABELS)  # the paper's row order, the floor first
 REFERENCE = "lstm"  # the method the others are compared with, image by image
 
