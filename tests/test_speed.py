@@ -156,3 +156,27 @@ def test_gpu_benchmark_runs_in_its_cpu_smoke_mode(tmp_path):
     # VGG16 costs ~40 times EfficientNet-Lite0 per image (15.5 against 0.39 GMAC forward at 224 px)
     assert 20 < figures["vgg16-32px-b2"]["flops_per_image"] / figures["efficientnet_lite0-32px-b2"]["flops_per_image"] < 60
     assert "of the bf16 peak" in proc.stdout and "end-to-end" in proc.stdout
+
+
+def test_bench_writes_each_figure_with_its_baseline_and_ratio(tmp_path):
+    """``make bench``'s output format, on its quickest figure (the metrics) and its schema helpers."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--only", "metrics", "--repeats", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {"value", "unit", "baseline", "ratio", "target", "ok"}
+    assert metrics["ok"] is (metrics["value"] < 0.5)
+    assert metrics["ratio"] == pytest.approx(metrics["baseline"] / metrics["value"], rel=0.01)
+    assert "metrics" in proc.stdout and "ratio" in proc.stdout
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    calls = iter(range(100))
+    runs = bench.rounds({"a": lambda: next(calls), "b": lambda: next(calls)}, 3)
+    assert runs == {"a": [2, 4, 6], "b": [3, 5, 7]}  # one untimed round first, then the two take turns
+    shown = bench.figure(2.0, "x/s", 1.0, 2.0, ">= 2", True, (1.8, 2.2))
+    assert shown["spread"] == [1.8, 2.2]
