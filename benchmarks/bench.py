@@ -372,6 +372,9 @@ def main() -> int:
                    help="torch threads (default 1: per-core figures, steady on a shared machine, where two "
                         "threads that wait for each other lose several times over)")
     a = p.parse_args()
+    from tagrank.quiet import quiet
+
+    quiet()  # Lightning's tips and known warnings, as in every tagrank command
     torch.set_num_threads(a.threads)
     os.environ["OMP_NUM_THREADS"] = str(a.threads)  # the memory run's child process
     only = set(a.only.split(","))
