@@ -60,6 +60,7 @@ def train(cfg: DictConfig) -> float | None:
     model = build_model(cfg, dm.num_tags)
     if ckpt_path:
         check_weights_fit(ckpt_path, model)
+    check_val_check_interval(trainer, dm)
     planned = planned_steps(cfg, dm)
     need_images = 0 < model.hparams.get("finetune_after_steps", 0) < planned
     facts = describe(cfg, dm, model, planned)  # also says whether the backbone will be fine-tuned
@@ -147,6 +148,22 @@ def check_weights_fit(ckpt_path: str, model: L.LightningModule) -> None:
               if k in model.hparams and hp[k] != model.hparams[k]]
     raise TagrankError(f"ckpt_path={ckpt_path}: its weights do not fit this model ({'; '.join(differ) or misfits[0]}); "
                        "resume with the settings it was trained with")
+
+
+def check_val_check_interval(trainer: L.Trainer, dm: L.LightningDataModule) -> None:
+    """An integer ``trainer.val_check_interval`` counts training batches within an epoch, and Lightning
+    refuses one longer than an epoch, but only once fitting starts (after the features are computed)
+    and with a traceback. Said here instead, where the epoch's length is certain (one process, every
+    training batch used); in the other cases Lightning's own check stands."""
+    interval, limit = trainer.val_check_interval, trainer.limit_train_batches
+    if (not isinstance(interval, int) or trainer.check_val_every_n_epoch is None or trainer.world_size != 1
+            or not (isinstance(limit, float) and limit == 1.0)):
+        return
+    batches = math.ceil(len(dm.rows("train")) / dm.batch_size)
+    if interval > batches:
+        raise TagrankError(f"trainer.val_check_interval={interval} is longer than an epoch ({batches} training "
+                           f"batches of {dm.batch_size}); set trainer.check_val_every_n_epoch=null to count it over "
+                           f"the whole run, or a value up to {batches}")
 
 
 def validate_if_never_validated(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModule) -> None:

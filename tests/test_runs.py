@@ -120,6 +120,19 @@ def test_every_setting_is_checked_before_any_data_work(setting, message, tmp_pat
     assert not cache.exists() or not any(cache.iterdir())
 
 
+def test_a_validation_interval_longer_than_an_epoch_is_refused_before_the_features(tmp_path, cache_dir):
+    # TINY: 96 training images in batches of 16, 6 batches an epoch. Counted over the whole run it is fine.
+    with pytest.raises(TagrankError) as err:
+        train(compose_cfg(TINY + ["trainer.val_check_interval=7"], tmp_path / "run", tmp_path / "cache"))
+    assert str(err.value) == ("trainer.val_check_interval=7 is longer than an epoch (6 training batches of 16); set "
+                              "trainer.check_val_every_n_epoch=null to count it over the whole run, or a value up to 6")
+    assert not (tmp_path / "cache" / "features").exists()
+    train(compose_cfg(TINY + ["trainer.val_check_interval=7", "trainer.check_val_every_n_epoch=null",
+                              "trainer.max_steps=14", "trainer.max_epochs=-1", "test=false"], tmp_path / "whole", cache_dir))
+    rows = list(csv.DictReader((tmp_path / "whole" / "csv" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows if r.get("val/ndcg_mean")] == [6, 13]  # after batches 7 and 14
+
+
 @pytest.mark.parametrize("override, message", [
     ("trainer.max_stesp=5", "trainer.max_stesp is not a setting of trainer; expected one of ['accelerator', "),
     ("callbacks.early_stoping.patience=2", "callbacks.early_stoping is not a setting of callbacks; expected one of "
