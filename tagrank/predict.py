@@ -2,12 +2,18 @@
 
     tagrank-predict ckpt_path=<run>/checkpoints/best.ckpt images=photos/          # a folder, a file or a glob
     tagrank-predict ckpt_path=... images='photos/**/*.jpg' top_k=5 out=preds.jsonl  # or out=preds.csv
+    tagrank-predict ckpt_path=<scorer run>/checkpoints/best.ckpt images=photos/ stop=true   # as many as it keeps
 
 The tag names and the image size come from the checkpoint (``tagrank_inputs``, see
 :class:`~tagrank.callbacks.ModelInputs`); no dataset is read. Photos go through the same resize as in
 training and the model's own backbone (a fine-tuned one too), and are ranked by the model's ``rank``: the
 lists are those ``tagrank-eval`` writes to ``predictions.jsonl`` for the same photos. A file that is not
 a readable image is reported, skipped and counted.
+
+``stop=true``: each photo's list ends where the model's own stop rule ends it (the scorer: the tags whose
+probability reaches the threshold chosen on the validation split, at least one, at most ``top_k``; the
+captioning Naive-RNN: its END tag, where it always stops) — the sets the test table's set precision /
+recall / F1 score. A model without a rule is refused rather than silently giving ``top_k`` tags.
 """
 
 from __future__ import annotations
@@ -71,6 +77,9 @@ def load_tagger(cfg: DictConfig) -> Tagger:
     if top_k > model.num_tags:
         raise TagrankError(f"top_k={top_k} is out of range: expected 1 to {model.num_tags} (the model's vocabulary)")
     model.top_k = top_k
+    if cfg.get("stop") and model.stop_rule() is None:
+        raise TagrankError(f"stop=true: {ckpt} ({type(model).__name__}) has no stop rule, it names top_k tags; the "
+                           "scorer (validated while fitting) and the captioning Naive-RNN have one")
     tags, image_size = saved_inputs(ckpt, cfg)
     if len(tags) != model.num_tags:
         raise TagrankError(f"{ckpt}: the model predicts {model.num_tags} tags but its vocabulary has {len(tags)}")
@@ -121,7 +130,7 @@ def image_files(spec: str) -> list[Path]:
 
 
 @torch.inference_mode()
-def tag_photos(tagger: Tagger, files: list[Path], batch_size: int) -> tuple[list[dict], list[Path]]:
+def tag_photos(tagger: Tagger, files: list[Path], batch_size: int, stop: bool = False) -> tuple[list[dict], list[Path]]:
     """Each readable photo's ranked tags ``{"image", "tags": [{"tag", "score"}...]}``, and the files skipped.
 
     Decoded on a few threads (PIL releases the GIL), resized to uint8 exactly as the training images
@@ -147,7 +156,11 @@ def tag_photos(tagger: Tagger, files: list[Path], batch_size: int) -> tuple[list
             good = [(p, x) for p, x in zip(chunk, decoded) if x is not None]
             if good:
                 images = torch.stack([x for _, x in good]).contiguous(memory_format=torch.channels_last)
-                ids, scores = model.scored_rank({"image": images, "target": unknown_targets(images)})
+                batch = {"image": images, "target": unknown_targets(images)}
+                batch["computed_features"] = model.image_features(batch)  # one backbone pass for both below
+                ids, scores = model.scored_rank(batch)
+                if stop:  # -1 where the rule ends the list; such places are left out below
+                    ids = model.predicted_set(batch, ids)
                 for (path, _), row_ids, row_scores in zip(good, ids.tolist(), scores.tolist()):
                     results.append({"image": str(path), "tags": [{"tag": tagger.tags[i], "score": s}
                                                                  for i, s in zip(row_ids, row_scores) if i >= 0]})
@@ -179,12 +192,15 @@ def predict(cfg: DictConfig) -> list[dict]:
     if out is not None and out.suffix not in OUT_FORMATS:
         raise TagrankError(f"out={cfg.out!r}: expected a file ending in {' or '.join(OUT_FORMATS)}")
     check_value("batch_size", cfg.batch_size, PositiveInt)
+    stop = cfg.get("stop", False)
+    check_value("stop", stop, bool)
     files = image_files(str(cfg.images))
     tagger = load_tagger(cfg)
-    results, skipped = tag_photos(tagger, files, cfg.batch_size)
+    results, skipped = tag_photos(tagger, files, cfg.batch_size, stop)
     if not results:
         raise TagrankError(f"images={cfg.images!r}: none of the {len(files)} files is a readable image")
-    print(f"{tagger.checkpoint}: top {tagger.model.top_k} tags; score = {tagger.score_meaning}")
+    length = f"up to {tagger.model.top_k} tags, {tagger.model.stop_rule()}" if stop else f"top {tagger.model.top_k} tags"
+    print(f"{tagger.checkpoint}: {length}; score = {tagger.score_meaning}")
     print_table(results)
     summary = f"{len(results)} photo{'s' * (len(results) != 1)} tagged"
     print(summary + (f", {len(skipped)} files skipped (not readable images: see above)" if skipped else ""))

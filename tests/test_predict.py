@@ -126,6 +126,8 @@ def test_checkpoint_without_tag_names_falls_back_to_its_run_config(coco_run, tmp
     (["top_k=0"], "top_k=0 is out of range: expected int > 0"),
     (["top_k=1000"], "top_k=1000 is out of range: expected 1 to "),
     (["out={empty}/preds.txt"], "expected a file ending in .jsonl or .csv"),
+    (["stop=maybe"], "stop='maybe' has the wrong type: expected bool"),
+    (["stop=true"], "(LSTMTagger) has no stop rule, it names top_k tags; the scorer (validated while fitting) and "),
 ])
 def test_bad_input_is_one_message_and_nothing_written(coco_run, tmp_path, cache_dir, args, message):
     run, _ = coco_run
@@ -150,3 +152,26 @@ def test_console_script_exits_2_with_one_line(coco_run, tmp_path, cli_env):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("tagrank: error: top_k=1000 is out of range")
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+@needs_shared("coco-mini")
+def test_stop_true_ends_each_list_where_the_scorer_s_rule_does(tmp_path_factory, tmp_path, cache_dir, capsys):
+    run, _ = train_on_coco_mini(tmp_path_factory, cache_dir, "frozen", "model=scorer", "trainer.max_steps=10",
+                                "trainer.val_check_interval=5", "trainer.check_val_every_n_epoch=null")
+    ckpt = run / "checkpoints/best.ckpt"
+    threshold = float(torch.load(ckpt, weights_only=True)["state_dict"]["stop_threshold"])
+    assert 0 < threshold < 1  # chosen on the validation split while fitting
+    full = {r["image"]: r["tags"] for r in predict(predict_cfg(tmp_path, cache_dir, f"ckpt_path={ckpt}",
+                                                              f"images={TEST_PHOTOS}"))}
+    capsys.readouterr()
+    kept = {r["image"]: r["tags"] for r in predict(predict_cfg(tmp_path, cache_dir, f"ckpt_path={ckpt}",
+                                                              f"images={TEST_PHOTOS}", "stop=true"))}
+    assert kept.keys() == full.keys()
+    for image, tags in kept.items():
+        n = len(tags)
+        assert 1 <= n <= 10 and tags == full[image][:n], image  # the start of the ranked list
+        assert all(t["score"] >= threshold for t in tags[1:])  # the first tag is kept whatever its score
+        assert n == 10 or full[image][n]["score"] < threshold
+    assert any(len(tags) < 10 for tags in kept.values())  # the rule ended lists (top_k would give 10)
+    assert f"up to 10 tags, the tags of softmax probability >= {threshold:.4g}, chosen on the validation split" in \
+        capsys.readouterr().out

@@ -63,6 +63,11 @@ class RankedTagger(LightningModule):
         that always names ``top_k`` tags has no set of its own."""
         return None
 
+    def stop_rule(self) -> str | None:
+        """What makes :meth:`predicted_set` end an image's list, in words (``tagrank-predict stop=true``
+        prints it); None where there is no set of its own."""
+        return None
+
     # -- shared machinery -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets ``tagrank-eval`` rebuild the right class from the checkpoint alone.

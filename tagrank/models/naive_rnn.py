@@ -119,6 +119,9 @@ class NaiveRNN(StagedTagger):
         """The captioning decoder's list up to END is its own set (set metrics in the test table)."""
         return preds if self.captioning else None
 
+    def stop_rule(self) -> str | None:
+        return "the tags before its END tag" if self.captioning else None
+
     def beam(self, features: torch.Tensor) -> torch.Tensor:
         """Beam search over lists of distinct tags, each beam feeding back its own previous tag."""
         hidden = self.lstm.hidden_size

@@ -128,6 +128,10 @@ class ListwiseScorer(StagedTagger):
         above[:, 0] = True
         return preds.masked_fill(~above, -1)
 
+    def stop_rule(self) -> str | None:
+        threshold = float(self.stop_threshold)
+        return None if threshold < 0 else f"the tags of softmax probability >= {threshold:.4g}, chosen on the validation split"
+
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The softmax probability of the tag over all tags (what ``scored_rank`` returns with its ids)."""
         return self(features).float().softmax(-1).gather(1, ids.clamp(min=0))
