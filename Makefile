@@ -39,8 +39,10 @@ train: ## train the paper's LSTM on the embedded synthetic data, test the best c
 eval: ## re-evaluate a checkpoint: make eval CKPT=logs/train/runs/<run>/checkpoints/best.ckpt
 	$(BIN)/tagrank-eval ckpt_path=$(CKPT) $(ARGS)
 
-clean: ## remove run outputs (logs/, results/); caches under ~/.cache/tagrank are kept
-	rm -rf logs results outputs multirun
+# The reference results (results/<data>/: tables, figures, their README) are the project's record, made
+# by make table1 and committed: clean never deletes them, only what runs and benchmarks leave.
+clean: ## remove run outputs (logs/, outputs/, multirun/, results/bench*.json); reference results and caches are kept
+	rm -rf logs outputs multirun results/bench.json results/bench_gpu.json
 
 .PHONY: bench bench-gpu
 bench: ## speed and memory figures as ratios measured in one run (~10 min on 2 cores) -> results/bench.json

@@ -136,3 +136,16 @@ def test_everyday_command_runs_as_written(command, quick_start, env, tmp_path):
                              "logger=wandb": "wandb/offline-run-*"}.get(command.split()[-1], "csv/metrics.csv"))
     if "hidden_size=512" in command:
         assert torch.load(made / "checkpoints/best.ckpt", weights_only=True)["hyper_parameters"]["hidden_size"] == 512
+
+
+def test_make_clean_removes_run_outputs_and_keeps_the_reference_results(tmp_path):
+    made = ["logs/train/runs/a/checkpoints/last.ckpt", "outputs/x.log", "multirun/y.log", "results/bench.json",
+            "results/bench_gpu.json"]
+    kept = ["results/synthetic/table1.md", "results/flickr8k/fig3.png", "results/pascal07/table1.csv"]
+    for name in made + kept:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    proc = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "clean"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert [n for n in made if (tmp_path / n).exists()] == []
+    assert all((tmp_path / n).read_text() == n for n in kept)
