@@ -14,7 +14,9 @@ Figures (issue 14):
                 and the full ``trainer.fit`` (the project's Trainer, callbacks and logger) against that step
   extract       the feature-cache build against the bare backbone forward on already-decoded tensors
   finetune      the fine-tuning loader with the decoded-image cache against decoding JPEGs, and a whole
-                fine-tuning step (loader, backbone forward and backward, head, Adam) with each
+                fine-tuning step (loader, backbone forward and backward, head, Adam) with each; and that
+                step's backbone FLOPs a second against a 1024x1024 float32 matrix product (how near the
+                CPU's limit it runs)
   metrics       NDCG@k and P@k for 10,000 images x k = 1..10 (RankingMetrics) against the plain-list
                 reference functions
   memory        peak resident memory of a short fine-tuning run (both caches) against the caches' size;
@@ -279,7 +281,34 @@ def bench_finetune(setup: Setup, repeats: int, batches: int = 40, steps: int = 6
 
     r = interleaved({"decode": train_steps("decode"), "cache": train_steps("cache")}, repeats)
     out["finetune_step"] = figure(r["cache"], "images/s", r["decode"], r["cache"] / r["decode"], None, None)
+    # How near the machine's limit that step is: the backbone's training FLOPs a second against a large
+    # float32 matrix product on the same threads (the most this CPU does; the 1x1 convolutions are
+    # matrix products, the depthwise ones and ReLU6 are bound by memory and stay well below it).
+    flops = 3 * backbone_flops(model, next(iter(loader("cache")))["image"]) * r["cache"]
+    gemm = interleaved({"gemm": matmul_flops}, repeats)["gemm"]
+    out["finetune_flops"] = figure(flops / 1e9, "GFLOP/s", gemm / 1e9, flops / gemm, None, None)
     return out
+
+
+def backbone_flops(model: torch.nn.Module, images: torch.Tensor) -> float:
+    """The backbone's forward FLOPs an image (``torch.utils.flop_counter``); training costs 3x: the
+    backward computes the input's and the weights' gradients, each a product the size of the forward's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tagrank.models.backbones import backbone_input
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.backbone(backbone_input(model.backbone, images))
+    return counter.get_total_flops() / len(images)
+
+
+def matmul_flops(n: int = 1024, times: int = 8) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    start = time.perf_counter()
+    for _ in range(times):
+        torch.mm(a, b)
+    return 2 * n ** 3 * times / (time.perf_counter() - start)
 
 
 # -- 4. metrics -------------------------------------------------------------------------------------------

@@ -180,3 +180,13 @@ def test_bench_writes_each_figure_with_its_baseline_and_ratio(tmp_path):
     assert runs == {"a": [2, 4, 6], "b": [3, 5, 7]}  # one untimed round first, then the two take turns
     shown = bench.figure(2.0, "x/s", 1.0, 2.0, ">= 2", True, (1.8, 2.2))
     assert shown["spread"] == [1.8, 2.2]
+
+    # The fine-tuning step's FLOP count: EfficientNet-Lite0 is ~0.39 GMAC a 224 px image (0.78 GFLOP).
+    from tagrank.models.lstm import LSTMTagger
+
+    model = LSTMTagger(num_tags=5, backbone="efficientnet_lite0").eval()
+    per_image = bench.backbone_flops(model, torch.zeros(2, 3, 224, 224, dtype=torch.uint8))
+    assert 0.70e9 < per_image < 0.84e9
+    at = {size: bench.backbone_flops(model, torch.zeros(1, 3, size, size, dtype=torch.uint8)) for size in (128, 256)}
+    assert at[256] == pytest.approx(4 * at[128], rel=1e-6)  # sides divisible by the network's stride of 32
+    assert bench.matmul_flops(256, 2) > 1e8
