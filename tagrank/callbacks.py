@@ -1,6 +1,6 @@
 """Lightning callbacks that are part of tagrank's training recipe.
 
-StagedFinetuning (the paper's schedule), RandomState, NonFiniteGuard and ModelInputs (added to every run by
+StagedFinetuning (the paper's schedule), RandomState, NonFiniteGuard, ModelInputs and RunSettings (added to every run by
 ``build_trainer``: exact resumption, no diverged checkpoint, checkpoints usable without the dataset), ChannelsLast (a default callback), and the
 dashboard callbacks MetricCurves and PredictionTable, which act only when a WandbLogger is present.
 """
@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,6 +154,24 @@ class ModelInputs(Callback):
         vocab = getattr(trainer.datamodule, "vocab", None)
         if vocab is not None:
             checkpoint[INPUTS_KEY] = {"tags": list(vocab.tags), "image_size": int(self.image_size)}
+
+
+SETTINGS_KEY = "tagrank_settings"
+
+
+class RunSettings(Callback):
+    """Keep in every checkpoint the settings that decide what its run trains, besides the model's own
+    hyperparameters (which Lightning keeps): ``data.*``, ``backbone.*`` and the seed, flat, under
+    ``checkpoint["tagrank_settings"]``. A resume with other settings is refused with them named
+    (``tagrank.train.check_same_settings``) instead of training on with defaults the first command had
+    overridden. Plain values: the checkpoint still loads with ``weights_only=True``.
+    """
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[SETTINGS_KEY] = self.settings
 
 
 class NonFiniteGuard(Callback):

@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tagrank.callbacks import ModelInputs, NonFiniteGuard, RandomState, SlurmRequeue
+from tagrank.callbacks import ModelInputs, NonFiniteGuard, RandomState, RunSettings, SlurmRequeue
 from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
@@ -113,13 +113,29 @@ def planned_steps(cfg: DictConfig, dm: RankedTagDataModule) -> int:
     return math.ceil(len(dm.rows("train")) / dm.batch_size) * max_epochs
 
 
+# Settings that say where files are or how fast to work, not what a run trains: a resume may change them.
+WHERE_AND_HOW = {"data.cache_dir", "data.num_workers", "data.eval_batch_size", "data.image_cache", "data.root",
+                 "data.tags", "data.vocabulary", "data.image_list", "backbone.weights", "backbone.feature_batch_size"}
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What a run trains on and with besides the model's hyperparameters: ``data.*`` and ``backbone.*``
+    (flat, resolved, without WHERE_AND_HOW) and the seed."""
+    flat: dict[str, Any] = {"seed": cfg.get("seed")}
+    for section in ("data", "backbone"):
+        for key, value in OmegaConf.to_container(cfg.get(section) or {}, resolve=True).items():
+            if f"{section}.{key}" not in WHERE_AND_HOW:
+                flat[f"{section}.{key}"] = value
+    return flat
+
+
 def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:
     """The configured Trainer, plus what every run gets: atomic checkpoint writes, exact resumption
     (random state), a stop before diverged weights reach a checkpoint, the tag names and image size in
-    every checkpoint (ModelInputs), and under SLURM a checkpoint
+    every checkpoint (ModelInputs) with the settings it was trained with (RunSettings), and under SLURM a checkpoint
     and requeue on the pre-timeout signal. A WandbLogger gets the run directory's run id (resumed)."""
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
-    callbacks += [RandomState(), NonFiniteGuard(), ModelInputs(cfg.backbone.image_size)]
+    callbacks += [RandomState(), NonFiniteGuard(), ModelInputs(cfg.backbone.image_size), RunSettings(run_settings(cfg))]
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         if node:

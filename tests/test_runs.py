@@ -82,7 +82,8 @@ def _tree(folder) -> dict[str, str]:
 
 def test_resuming_with_other_model_settings_stops_at_once_and_leaves_the_run_untouched(tmp_path, cache_dir, cli_env):
     run = tmp_path / "run"
-    train(compose_cfg(TINY + ["trainer.max_epochs=1"], run, cache_dir))
+    first = ["model.dropout=0.25", "model.betas=[0.9,0.99]", "data.batch_size=32"]
+    train(compose_cfg(TINY + first + ["trainer.max_epochs=1"], run, cache_dir))
     before = _tree(run)
     last = run / "checkpoints/last.ckpt"
     proc = subprocess.run(["tagrank-train", *TINY, "model=naive_rnn", f"ckpt_path={last}"], capture_output=True,
@@ -92,11 +93,18 @@ def test_resuming_with_other_model_settings_stops_at_once_and_leaves_the_run_unt
                                                    "not NaiveRNN: resume with model=lstm")
     assert "Traceback" not in proc.stderr
     assert _tree(run) == before  # metrics.csv not renamed, nothing written
-    with pytest.raises(TagrankError) as err:  # the same class, other shapes
+    with pytest.raises(TagrankError) as err:  # the same class, another setting and the first command's left out
         train(compose_cfg(TINY + ["model.hidden_size=64", f"ckpt_path={last}"], tmp_path / "again", cache_dir))
-    assert str(err.value) == (f"ckpt_path={last}: its weights do not fit this model (hidden_size=300 there, 64 here); "
-                              "resume with the settings it was trained with")
+    assert str(err.value) == (
+        f"ckpt_path={last} was trained with other settings (model.hidden_size=300 there, 64 here; model.dropout=0.25 "
+        "there, 0.5 here; model.betas=[0.9, 0.99] there, [0.8, 0.999] here; data.batch_size=32 there, 16 here): "
+        "resume with the settings it was trained with, model.hidden_size=300 model.dropout=0.25 model.betas=[0.9,0.99] "
+        "data.batch_size=32")
     assert _tree(run) == before
+    # The settings the message gives resume it, with a speed setting changed (allowed: not what it trains).
+    given = str(err.value).rsplit("it was trained with, ", 1)[1].split()
+    train(compose_cfg(TINY + given + ["data.eval_batch_size=8", f"ckpt_path={last}"], tmp_path / "again", cache_dir))
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * 96 // 32  # two epochs of batches of 32
 
 
 @pytest.mark.parametrize("setting, message", [
