@@ -79,7 +79,8 @@ def load_tagger(cfg: DictConfig) -> Tagger:
     model.top_k = top_k
     if cfg.get("stop") and model.stop_rule() is None:
         raise TagrankError(f"stop=true: {ckpt} ({type(model).__name__}) has no stop rule, it names top_k tags; the "
-                           "scorer (validated while fitting) and the captioning Naive-RNN have one")
+                           "scorer has one once validated in training (its threshold), the captioning Naive-RNN always "
+                           "(its END tag)")
     tags, image_size = saved_inputs(ckpt, cfg)
     if len(tags) != model.num_tags:
         raise TagrankError(f"{ckpt}: the model predicts {model.num_tags} tags but its vocabulary has {len(tags)}")

@@ -215,7 +215,11 @@ def validate_if_never_validated(trainer: L.Trainer, model: L.LightningModule, dm
         log.info("validation is off (trainer.limit_val_batches=0): no checkpoint is selected, the final weights "
                  "are tested")
         return
-    trainer.validate(model, datamodule=dm, verbose=False, weights_only=True)
+    model.final_validation = True  # still part of training: the scorer chooses its stop threshold on it
+    try:
+        trainer.validate(model, datamodule=dm, verbose=False, weights_only=True)
+    finally:
+        model.final_validation = False
     metrics = {**trainer.callback_metrics, "epoch": torch.tensor(trainer.current_epoch),
                "step": torch.tensor(trainer.global_step)}
     path = ckpt.format_checkpoint_name(metrics)

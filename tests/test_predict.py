@@ -127,7 +127,7 @@ def test_checkpoint_without_tag_names_falls_back_to_its_run_config(coco_run, tmp
     (["top_k=1000"], "top_k=1000 is out of range: expected 1 to "),
     (["out={empty}/preds.txt"], "expected a file ending in .jsonl or .csv"),
     (["stop=maybe"], "stop='maybe' has the wrong type: expected bool"),
-    (["stop=true"], "(LSTMTagger) has no stop rule, it names top_k tags; the scorer (validated while fitting) and "),
+    (["stop=true"], "(LSTMTagger) has no stop rule, it names top_k tags; the scorer has one once validated in "),
 ])
 def test_bad_input_is_one_message_and_nothing_written(coco_run, tmp_path, cache_dir, args, message):
     run, _ = coco_run

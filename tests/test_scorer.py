@@ -92,8 +92,9 @@ def test_the_stop_threshold_maximises_f1_on_the_given_lists():
     assert tau == pytest.approx(0.2)
 
 
-def test_a_scorer_run_chooses_its_stop_rule_on_val_and_reports_set_metrics(tmp_path, cache_dir):
-    cfg = compose_cfg(TINY + ["model=scorer", "trainer.max_epochs=1"], tmp_path, cache_dir)
+@pytest.mark.parametrize("length", ["trainer.max_epochs=1", "trainer.max_steps=2"])  # the second: no validation
+def test_a_scorer_run_chooses_its_stop_rule_on_val_and_reports_set_metrics(length, tmp_path, cache_dir):
+    cfg = compose_cfg(TINY + ["model=scorer", length], tmp_path, cache_dir)       # while fitting, one on its end
     train(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert 0 <= metrics["set_f1"] <= 1 and 1 <= metrics["set_size"] <= 10

@@ -48,6 +48,17 @@ class RankedTagger(LightningModule):
         self.test_set_metrics = SetMetrics()  # only for methods that say when to stop (predicted_set)
         self.test_predictions: list[tuple[int, list[int]]] = []
 
+    # A validation that belongs to training: Lightning's own while fitting, or the one train.py runs on the
+    # final weights of a run that ended before its first (validate_if_never_validated sets this). What a
+    # method chooses on the validation split (the scorer's stop threshold) is chosen then, never by
+    # tagrank-eval on a trained model.
+    final_validation = False
+
+    @property
+    def validating_to_fit(self) -> bool:
+        trainer = self.trainer
+        return self.final_validation or (trainer.state.fn == "fit" and not trainer.sanity_checking)
+
     # -- what a method defines ---------------------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

@@ -106,7 +106,7 @@ class ListwiseScorer(StagedTagger):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         batch = {**batch, "computed_features": self.image_features(batch)}  # one backbone pass for both
         preds = self._evaluate(batch, "val", self.val_metrics)
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+        if self.validating_to_fit:
             probs = self(batch["computed_features"]).float().softmax(-1).gather(1, preds)
             target = batch["target"]
             hits = ((preds[:, :, None] == target[:, None, :]) & (target >= 0)[:, None, :]).any(-1)
