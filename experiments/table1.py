@@ -19,7 +19,7 @@
 
 Settings (key=value): data (synthetic), seeds (3: the deterministic svm, svm_rank and frequency run once),
 methods (lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,scorer,frequency),
-quick (false), logger (csv | tensorboard | wandb), results (results), sweep_dir (default
+quick (false), logger (csv | tensorboard | wandb), results (results; quick: results/quick), sweep_dir (default
 ``$TAGRANK_LOGS/table1/<data>/<time>``; an existing one gains the new runs beside its own), aggregate (a finished sweep directory: skip step 1),
 finetune (the fine-tuning methods' schedule as an experiment name; ``auto``: ``synthetic_finetune`` on
 data=synthetic, ``flickr8k_finetune`` on data=flickr8k, none in quick mode, otherwise the model config's own ``finetune_after_steps`` (the
@@ -47,7 +47,7 @@ from tagrank.errors import TagrankError
 log = logging.getLogger("tagrank")
 
 SETTINGS = {"data": "synthetic", "seeds": "3", "methods": "lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,scorer,frequency", "quick": "false",
-            "logger": "csv", "results": "results", "sweep_dir": "", "aggregate": "", "finetune": "auto", "jobs": "auto",
+            "logger": "csv", "results": "", "sweep_dir": "", "aggregate": "", "finetune": "auto", "jobs": "auto",
             "reference": "lstm"}
 FINETUNED = ("lstm", "lstm_tuned", "naive_rnn", "naive_rnn_captioning", "scorer", "scorer_tuned")  # fine-tune the backbone
 # Fitted by one deterministic solve on the cached features: every seed gives the same run
@@ -76,7 +76,20 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     job_count(settings["jobs"])
     if settings["quick"].lower() == "true" and settings["data"] != "synthetic":
         raise TagrankError("quick=true shrinks the synthetic data; it does not apply to data=" + settings["data"])
+    if not settings["seeds"].isdigit() or int(settings["seeds"]) < 1:
+        raise TagrankError(f"seeds={settings['seeds']!r}: expected a positive whole number")
+    methods = [m for m in settings["methods"].split(",") if m]
+    if not settings["aggregate"] and settings["reference"] not in methods:  # said now, not after the runs
+        raise TagrankError(f"reference={settings['reference']} (the method of the paired difference column) is not "
+                           f"among methods={settings['methods']}: add it, or pass reference={methods[0] if methods else '...'}")
     return settings, passthrough
+
+
+def results_dir(settings: dict[str, str], data: str) -> Path:
+    """Where the table goes: ``<results>/<data>``. A quick run's default is ``results/quick``: its smoke
+    numbers never overwrite the committed reference results in ``results/synthetic``."""
+    default = "results/quick" if settings["quick"].lower() == "true" else "results"
+    return Path(settings["results"] or default) / data
 
 
 def wandb_group(data: str, sweep_dir: Path) -> str:
@@ -239,7 +252,7 @@ def main(argv: list[str]) -> int:
         from tagrank.report.runs import load_runs
 
         data = load_runs(sweep_dir)[0].data
-        out_dir = Path(settings["results"]) / data
+        out_dir = results_dir(settings, data)
         md = report(sweep_dir, out_dir, settings["logger"], settings["reference"])
     except TagrankError as err:
         print(f"table1: error: {err}", file=sys.stderr)

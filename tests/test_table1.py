@@ -247,10 +247,30 @@ def test_recurrent_runs_are_shared_between_concurrent_jobs():
         table1.job_count("0")
 
 
-def test_table1_rejects_bad_arguments():
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), "quick=maybe"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "quick='maybe': expected true or false" in proc.stderr
+@pytest.mark.parametrize("arguments, message", [
+    (["quick=maybe"], "quick='maybe': expected true or false"),
+    (["seeds=abc"], "seeds='abc': expected a positive whole number"),
+    (["seeds=0"], "seeds='0': expected a positive whole number"),
+    (["methods=frequency,svm"], "reference=lstm (the method of the paired difference column) is not among "
+                                "methods=frequency,svm: add it, or pass reference=frequency"),
+])
+def test_table1_rejects_bad_arguments_before_any_run(arguments, message, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), *arguments,
+                           f"sweep_dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"table1: error: {message}"
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_quick_table_never_lands_on_the_reference_results():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import table1
+    finally:
+        sys.path.pop(0)
+    settings, _ = table1.parse(["quick=true"])
+    assert table1.results_dir(settings, "synthetic") == Path("results/quick/synthetic")
+    assert table1.results_dir(table1.parse([])[0], "synthetic") == Path("results/synthetic")
+    assert table1.results_dir(table1.parse(["quick=true", "results=/r"])[0], "synthetic") == Path("/r/synthetic")
 
 
 @pytest.mark.slow
