@@ -43,6 +43,7 @@ NonNegativeInt = Annotated[int, Ge(0)]
 PositiveFloat = Annotated[float, Gt(0)]
 NonNegativeFloat = Annotated[float, Ge(0)]
 Fraction = Annotated[float, Interval(ge=0, lt=1)]  # a dropout rate
+Seed = Annotated[int, Interval(ge=0, le=2 ** 32 - 1)]  # what lightning.seed_everything takes
 
 BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
 

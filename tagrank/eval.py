@@ -18,7 +18,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tagrank import CONF_DIR
-from tagrank.config import console_main, instantiate, run_cli
+from tagrank.config import Seed, check_value, console_main, instantiate, run_cli
 from tagrank.errors import TagrankError
 from tagrank.pipeline import attach_inputs, build_trainer, check_backbone, checkpoint_class, report
 
@@ -26,6 +26,7 @@ log = logging.getLogger("tagrank")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    check_value("seed", cfg.seed, Seed)
     if cfg.split not in ("val", "test"):
         raise TagrankError(f"split={cfg.split!r}: expected val or test")
     ckpt = Path(cfg.ckpt_path).expanduser()

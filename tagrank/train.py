@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tagrank import CONF_DIR
 from tagrank.callbacks import SETTINGS_KEY
-from tagrank.config import check_node, console_main, in_multirun, instantiate, run_cli
+from tagrank.config import Seed, check_node, check_value, console_main, in_multirun, instantiate, run_cli
 from tagrank.dashboard import check_wandb, log_config
 from tagrank.errors import TagrankError
 from tagrank.models.backbones import resolve_weights
@@ -42,9 +42,10 @@ log = logging.getLogger("tagrank")
 
 
 def train(cfg: DictConfig) -> float | None:
-    L.seed_everything(cfg.seed, workers=True)
     # Every setting that can be checked without data is checked first: a mistake costs seconds, not a
     # dataset build. Nothing is written into a run directory being resumed before these pass.
+    check_value("seed", cfg.seed, Seed)
+    check_value("test", cfg.get("test"), bool)
     check_wandb(cfg)
     ckpt_path = resume_point(cfg)
     if ckpt_path:
@@ -57,6 +58,7 @@ def train(cfg: DictConfig) -> float | None:
     refuse_ddp_relaunch_in_multirun(trainer)
     out_dir = Path(cfg.paths.output_dir)
 
+    L.seed_everything(cfg.seed, workers=True)  # after the checks: nothing above draws random numbers
     dm.setup()
     model = build_model(cfg, dm.num_tags)
     if ckpt_path:

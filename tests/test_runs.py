@@ -119,6 +119,10 @@ def test_resuming_with_other_model_settings_stops_at_once_and_leaves_the_run_unt
     ("backbone.image_size=0", "backbone.image_size=0 is out of range: expected int > 0"),
     ("backbone.weights=/nowhere/w.pth", "backbone.weights='/nowhere/w.pth' does not exist"),
     ("ckpt_path=/nowhere/last.ckpt", "ckpt_path='/nowhere/last.ckpt' does not exist"),
+    ("seed=abc", "seed='abc' has the wrong type: expected int"),
+    ("seed=1.5", "seed=1.5 has the wrong type: expected int"),
+    ("seed=-1", "seed=-1 is out of range: expected int >= 0 and <= 4294967295"),
+    ("test=maybe", "test='maybe' has the wrong type: expected bool"),
 ])
 def test_every_setting_is_checked_before_any_data_work(setting, message, tmp_path):
     cache = tmp_path / "cache"  # stays empty: no dataset is built, no feature computed
