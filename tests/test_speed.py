@@ -18,6 +18,7 @@ from torch import nn
 from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule, load_image
 from tagrank.data.images import ImageTransform, cached_images, image_cache_path
+from tagrank.errors import TagrankError
 from tagrank.models.backbones import EfficientNetLite0, backbone_input, conv_bn
 from tagrank.models.lstm import LSTMTagger, RepeatedInputLSTM
 
@@ -63,6 +64,10 @@ def test_decoded_image_cache_gives_the_decoded_pixels_and_is_rebuilt_when_damage
     assert loads.count == 48
     assert torch.equal(images[0], transform.resize(load_image(dm.paths[0])))
     assert cache.verify(path) == 16
+
+    dm.paths[3].unlink()  # an image gone: one line naming it, as decoding it would
+    with pytest.raises(TagrankError, match=f"^{dm.paths[3]}: cannot read image \\(No such file or directory\\)$"):
+        cached_images(dm.paths, dm.cache_dir, dm.name, transform, loads)
 
 
 def test_the_data_module_reads_images_from_the_cache(tmp_path):

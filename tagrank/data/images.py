@@ -32,6 +32,7 @@ from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from tagrank.data import cache
+from tagrank.errors import TagrankError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,10 @@ def fingerprint(paths: Sequence[Path]) -> str:
     it, or rewritten in place at another size or time) gives another fingerprint."""
     h = hashlib.sha256()
     for path in paths:
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except OSError as err:  # as load_image says it: one line naming the file
+            raise TagrankError(f"{path}: cannot read image ({err.strerror})") from err
         h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
     return h.hexdigest()[:16]
 
