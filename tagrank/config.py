@@ -16,6 +16,7 @@ import logging
 import operator
 import os
 import re
+import shutil
 import sys
 import types
 import typing
@@ -237,3 +238,8 @@ def console_main(hydra_main: Callable[[], Any]) -> None:
         if traces:
             raise
         user_error_exit(err)
+    except RuntimeError as err:  # submitit's launcher (launcher=slurm) on a machine without SLURM
+        if traces or "srun" not in str(err) or shutil.which("srun"):
+            raise
+        user_error_exit(TagrankError("launcher=slurm submits the jobs to SLURM, and this machine has no srun: run "
+                                     "the command on the cluster's login node, or use launcher=local"))

@@ -23,6 +23,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -46,6 +47,7 @@ def train(cfg: DictConfig) -> float | None:
     # dataset build. Nothing is written into a run directory being resumed before these pass.
     check_value("seed", cfg.seed, Seed)
     check_value("test", cfg.get("test"), bool)
+    refuse_launcher_without_multirun()
     check_wandb(cfg)
     ckpt_path = resume_point(cfg)
     if ckpt_path:
@@ -253,6 +255,15 @@ def best_score(trainer: L.Trainer, metric: str, fitted: dict[str, float]) -> flo
     if ckpt is not None and ckpt.monitor == metric and ckpt.best_model_score is not None:
         return float(ckpt.best_model_score)
     return fitted.get(metric)
+
+
+def refuse_launcher_without_multirun() -> None:
+    """``launcher=`` runs the jobs of a multirun; a single run would ignore it, and with launcher=slurm
+    train here on trainer=gpu (which it selects) instead of submitting anything."""
+    choice = HydraConfig.get().runtime.choices.get("launcher") if HydraConfig.initialized() else None
+    if choice not in (None, "null") and not in_multirun():
+        raise TagrankError(f"launcher={choice} runs the jobs of a multirun: add -m (tagrank-train -m launcher={choice} "
+                           "seed=1,2 ...)")
 
 
 def refuse_ddp_relaunch_in_multirun(trainer: L.Trainer) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +156,19 @@ def test_slurm_launcher_config_makes_a_real_sbatch_script(tmp_path, monkeypatch)
         ddp = compose("train", overrides=["trainer=ddp"], return_hydra_config=True)
     assert local.hydra.launcher._target_.endswith("LocalLauncher") and local.trainer.accelerator == "cpu"
     assert ddp.trainer.strategy == "ddp_find_unused_parameters_true" and ddp.trainer.devices == "auto" and ddp.trainer.accelerator == "gpu"
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine has SLURM: launcher=slurm would submit")
+@pytest.mark.parametrize("arguments, message", [
+    (["launcher=slurm"], "launcher=slurm runs the jobs of a multirun: add -m (tagrank-train -m launcher=slurm "),
+    (["launcher=local"], "launcher=local runs the jobs of a multirun: add -m (tagrank-train -m launcher=local "),
+    (["-m", "launcher=slurm", "seed=1,2"], "launcher=slurm submits the jobs to SLURM, and this machine has no srun: "),
+])
+def test_a_launcher_without_its_multirun_or_its_cluster_is_one_line(arguments, message, tmp_path, cli_env):
+    proc = subprocess.run(["tagrank-train", *arguments, *TINY], capture_output=True, text=True, env=cli_env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"tagrank: error: {message}")
 
 
 # -- W&B ----------------------------------------------------------------------------------------------
