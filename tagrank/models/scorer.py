@@ -133,5 +133,5 @@ class ListwiseScorer(StagedTagger):
         return None if threshold < 0 else f"the tags of softmax probability >= {threshold:.4g}, chosen on the validation split"
 
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The softmax probability of the tag over all tags (what ``scored_rank`` returns with its ids)."""
+        """The softmax probability of the tag over all tags. The same as ``scored_rank`` returns with its ids."""
         return self(features).float().softmax(-1).gather(1, ids.clamp(min=0))

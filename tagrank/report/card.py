@@ -110,7 +110,7 @@ def write_card(out_dir: Path, facts: dict[str, str], trainer: Trainer, model: Li
     if ckpt is not None and ckpt.best_model_path and ckpt.best_model_score is not None:
         best = f"; kept {Path(ckpt.best_model_path).name} ({ckpt.monitor} {float(ckpt.best_model_score):.4f})"
     finetuned = "yes" if getattr(model, "is_finetuned", False) else "no"
-    lines.append(f"- **trained**: {trainer.global_step} steps{best}; its backbone fine-tuned: {finetuned}")
+    lines.append(f"- **trained**: {trainer.global_step} step{'s' * (trainer.global_step != 1)}{best}; its backbone fine-tuned: {finetuned}")
     first = first_command(out_dir)
     if first:
         lines.append(f"- **command**: `{first}`")
