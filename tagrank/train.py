@@ -76,6 +76,7 @@ def train(cfg: DictConfig) -> float | None:
     with extraction_device(cfg, model), torch.random.fork_rng(devices=[]):
         attach_inputs(cfg, dm, model, need_images)
 
+    log_file = this_command_log(out_dir) if ckpt_path else None  # every check has passed: the run is continued
     try:
         log_config(trainer, cfg)
         keep_previous_csv(trainer)
@@ -93,6 +94,8 @@ def train(cfg: DictConfig) -> float | None:
             write_card(out_dir, facts, trainer, model, tested)
     finally:
         _finish_wandb()  # Lightning has finalized the loggers ("success" or "failed")
+        if log_file is not None and trainer.is_global_zero:
+            append_log(log_file, out_dir / log_file.name)
     value = best_score(trainer, cfg.get("optimized_metric") or "", fitted)
     if value is not None and not math.isfinite(value):
         raise TagrankError(f"{cfg.optimized_metric} is {value}: this run diverged")  # a sweeper records a failed trial
@@ -131,6 +134,27 @@ def resume_point(cfg: DictConfig) -> str | None:
             log.info("SLURM job restarted: resuming from %s", last)
             return str(last)
     return None  # under SLURM with a newer hpc_ckpt_N.ckpt, Lightning resumes from it by itself
+
+
+def this_command_log(run_dir: Path) -> Path | None:
+    """The log file Hydra writes this command's lines to, when that is not in ``run_dir`` (a resumed run:
+    Hydra made a new folder for the command before it knew)."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    mine = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+    return mine if mine.parent.resolve() != run_dir.resolve() else None
+
+
+def append_log(mine: Path, theirs: Path) -> None:
+    """A resumed run's own log goes on: this command's lines are added to it, after a line that says which
+    command and where its own folder is."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    if mine.is_file():
+        with open(theirs, "a") as f:
+            f.write(f"--- resumed by: tagrank-train {' '.join(HydraConfig.get().overrides.task)} (this command's "
+                    f"folder: {mine.parent})\n{mine.read_text()}")
 
 
 def model_option(class_path: str) -> str:

@@ -122,6 +122,8 @@ def test_everyday_command_runs_as_written(command, quick_start, env, tmp_path):
         resumed = tmp_path / "logs/train/runs" / given.name
         has(resumed, *TRAINED, "csv/metrics.csv", "csv/metrics-1.csv")  # the first session's metrics are kept
         assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 5
+        first, after = (resumed / "train.log").read_text().split("--- resumed by: tagrank-train ckpt_path=logs/")
+        assert first == (given / "train.log").read_text() and "resuming run" in after  # the run's log goes on
         card = (resumed / "README.md").read_text()  # the model card names the first command and the resume
         assert "- **command**: `tagrank-train " in card and "- **resumed by**: `tagrank-train ckpt_path=logs/" in card
         return
