@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from tagrank.errors import TagrankError
 from tagrank.quiet import quiet
@@ -195,6 +195,9 @@ def user_message(err: Exception) -> str:
         # A group of entries (callbacks, logger) takes new ones; a constructor's settings are what they are.
         adding = f" (a new entry needs a +: +{cause.full_key}=...)" if "_target_" not in node else ""
         return f"{cause.full_key} is not a setting of {where}; expected one of {known}{adding}"
+    missing = next((e for e in (err, cause) if isinstance(e, MissingMandatoryValue)), None)
+    if missing is not None:  # a ??? in the config: a setting the command must give
+        return f"{missing.full_key} is required: pass {missing.full_key}=..."
     if isinstance(err, OverrideParseException):
         return one_line(f"{err.override}: {err}")
     if isinstance(err, CompactHydraException) and isinstance(cause, OmegaConfBaseException):

@@ -200,6 +200,9 @@ def test_unpack_failure_leaves_no_dataset(tmp_path, server):
     (tmp_path / "taken").mkdir()
     with pytest.raises(TagrankError, match="exists but is not a complete download"):
         download_dataset("coco", [archive], tmp_path / "taken")
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    with pytest.raises(TagrankError, match=f"^download.dest={tmp_path / 'a.jpg' / 'coco'}: {tmp_path / 'a.jpg'} is a file"):
+        download_dataset("coco", [archive], tmp_path / "a.jpg" / "coco")
 
 
 def test_pascal07_tars_merge_into_one_devkit(tmp_path, server):

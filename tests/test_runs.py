@@ -160,6 +160,12 @@ def test_hydra_errors_are_one_line_naming_what_there_is(override, message, tmp_p
     assert user_message(err.value).startswith(message) and "\n" not in user_message(err.value)
 
 
+def test_a_setting_left_at_its_required_marker_is_named(tmp_path, cli_env):
+    proc = subprocess.run(["tagrank-eval"], capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == ("tagrank: error: ckpt_path is required: "
+                                                                            "pass ckpt_path=...")
+
+
 def test_console_scripts_exit_2_for_hydra_errors_and_keep_a_crash_s_traceback(monkeypatch, capsys):
     from tagrank.config import console_main  # (imported here: the other tests run against older code too)
 

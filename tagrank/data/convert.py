@@ -130,7 +130,8 @@ class RawSource(Source):
             raise TagrankError(f"data={self.name}: set data.root=<folder> ({self.layout})")
         root = Path(self.root)
         if not root.is_dir():
-            raise TagrankError(f"data.root={self.root}: no such folder (expected {self.layout})")
+            what = "a file, not a folder" if root.exists() else "no such folder"
+            raise TagrankError(f"data.root={self.root}: {what} (expected {self.layout})")
         return root
 
     def image_root(self, dataset_dir: Path) -> Path:
@@ -336,7 +337,8 @@ class _JsonReader:
                     return obj
             except json.JSONDecodeError as err:
                 if self.eof or len(self.buf) - self.pos > MAX_ELEMENT:
-                    self.fail(err.msg, err.pos)
+                    # json's own messages end in "... at" before the position, which fail() gives
+                    self.fail(err.msg.removesuffix(" starting at").removesuffix(" at"), err.pos)
             self.fill()
 
 

@@ -169,6 +169,9 @@ def download_dataset(name: str, archives: list[dict[str, Any]], dest: str | Path
             return dest
         raise TagrankError(f"download.dest={dest} exists but is not a complete download of {name}; remove it or "
                            "choose another download.dest")
+    parent = next((p for p in dest.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise TagrankError(f"download.dest={dest}: {parent} is a file, not a folder")
     work = dest.with_name(dest.name + ".partial")
     tree, done_file = work / "tree", work / "unpacked.json"
     done = json.loads(done_file.read_text()) if done_file.is_file() else []
