@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,12 +43,13 @@ from tagrank.report.card import describe, log_summary, write_card
 log = logging.getLogger("tagrank")
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig, command_log: Path | None = None) -> float | None:
+    """``command_log``: the file Hydra logs this command to (``tagrank-train`` gives it); a resumed run's
+    own train.log gets a copy of it at the end."""
     # Every setting that can be checked without data is checked first: a mistake costs seconds, not a
     # dataset build. Nothing is written into a run directory being resumed before these pass.
     check_value("seed", cfg.seed, Seed)
     check_value("test", cfg.get("test"), bool)
-    refuse_launcher_without_multirun()
     check_wandb(cfg)
     ckpt_path = resume_point(cfg)
     if ckpt_path:
@@ -76,7 +78,8 @@ def train(cfg: DictConfig) -> float | None:
     with extraction_device(cfg, model), torch.random.fork_rng(devices=[]):
         attach_inputs(cfg, dm, model, need_images)
 
-    log_file = this_command_log(out_dir) if ckpt_path else None  # every check has passed: the run is continued
+    # Every check has passed: the run is continued. Hydra made a new folder for this command's log before.
+    log_file = command_log if ckpt_path and command_log and command_log.parent.resolve() != out_dir.resolve() else None
     try:
         log_config(trainer, cfg)
         keep_previous_csv(trainer)
@@ -136,16 +139,6 @@ def resume_point(cfg: DictConfig) -> str | None:
     return None  # under SLURM with a newer hpc_ckpt_N.ckpt, Lightning resumes from it by itself
 
 
-def this_command_log(run_dir: Path) -> Path | None:
-    """The log file Hydra writes this command's lines to, when that is not in ``run_dir`` (a resumed run:
-    Hydra made a new folder for the command before it knew)."""
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    mine = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
-    return mine if mine.parent.resolve() != run_dir.resolve() else None
-
-
 def append_log(mine: Path, theirs: Path) -> None:
     """A resumed run's own log goes on: this command's lines are added to it, after a line that says which
     command and where its own folder is."""
@@ -153,8 +146,8 @@ def append_log(mine: Path, theirs: Path) -> None:
         handler.flush()
     if mine.is_file():
         with open(theirs, "a") as f:
-            f.write(f"--- resumed by: tagrank-train {' '.join(HydraConfig.get().overrides.task)} (this command's "
-                    f"folder: {mine.parent})\n{mine.read_text()}")
+            f.write(f"--- resumed by: tagrank-train {' '.join(sys.argv[1:])} (this command's folder: {mine.parent})\n"
+                    f"{mine.read_text()}")
 
 
 def model_option(class_path: str) -> str:
@@ -284,7 +277,7 @@ def best_score(trainer: L.Trainer, metric: str, fitted: dict[str, float]) -> flo
 def refuse_launcher_without_multirun() -> None:
     """``launcher=`` runs the jobs of a multirun; a single run would ignore it, and with launcher=slurm
     train here on trainer=gpu (which it selects) instead of submitting anything."""
-    choice = HydraConfig.get().runtime.choices.get("launcher") if HydraConfig.initialized() else None
+    choice = HydraConfig.get().runtime.choices.get("launcher")
     if choice not in (None, "null") and not in_multirun():
         raise TagrankError(f"launcher={choice} runs the jobs of a multirun: add -m (tagrank-train -m launcher={choice} "
                            "seed=1,2 ...)")
@@ -301,8 +294,6 @@ def refuse_ddp_relaunch_in_multirun(trainer: L.Trainer) -> None:
 
 
 def _finish_wandb() -> None:
-    import sys
-
     if "wandb" in sys.modules:
         import wandb
 
@@ -312,7 +303,14 @@ def _finish_wandb() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
-    return run_cli(train, cfg)
+    return run_cli(train_command, cfg)
+
+
+def train_command(cfg: DictConfig) -> float | None:
+    """``train`` as ``tagrank-train`` runs it, where Hydra's own settings (the launcher) are this command's."""
+    refuse_launcher_without_multirun()
+    hydra_cfg = HydraConfig.get()
+    return train(cfg, Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log")
 
 
 def main() -> None:
