@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -59,6 +61,31 @@ def test_a_corrupt_or_foreign_cache_is_rebuilt(tmp_path, backbone):
     assert counter.images == 10
     torch.save({"images": ["other.jpg"], "features": torch.zeros(1, 1280)}, path)
     assert torch.equal(cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf), good)
+    assert counter.images == 20
+
+
+def test_a_replaced_image_gets_new_features_and_the_same_bytes_keep_them(tmp_path, backbone):
+    # The dataset's key covers its annotation files, not the photos: the cache records the images' bytes.
+    dm, counter = _dm(tmp_path), _Counter(backbone)
+    # 64 px: at 32 the network's last feature map is one pixel and every feature is 0 for these scenes
+    tf, digest = image_transform(64, backbone.mean, backbone.std), state_digest(backbone)
+    before = cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
+    assert counter.images == 10 and not torch.equal(before[0], before[1])
+
+    for path in dm.paths:  # every photo rewritten with its own bytes (another inode and time): reused
+        new = tmp_path / "new.jpg"
+        new.write_bytes(path.read_bytes())
+        os.replace(new, path)
+    assert torch.equal(cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf), before)
+    assert counter.images == 10
+
+    new = tmp_path / "new.jpg"  # image 0 replaced by a copy of image 1 (written beside it, renamed over it)
+    new.write_bytes(dm.paths[1].read_bytes())
+    os.replace(new, dm.paths[0])
+    after = cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
+    assert counter.images == 20
+    assert torch.allclose(after[0], before[1], atol=1e-5) and torch.equal(after[1:], before[1:])
+    assert torch.equal(cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf), after)
     assert counter.images == 20
 
 

@@ -5,6 +5,7 @@ and the GPU benchmark runs (on the CPU, in its smoke mode)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from torch import nn
 
 from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule, load_image
-from tagrank.data.images import ImageTransform, cached_images, image_cache_path
+from tagrank.data.images import ImageTransform, cached_images, content_digest, image_cache_path
 from tagrank.errors import TagrankError
 from tagrank.models.backbones import EfficientNetLite0, backbone_input, conv_bn
 from tagrank.models.lstm import LSTMTagger, RepeatedInputLSTM
@@ -56,6 +57,13 @@ def test_decoded_image_cache_gives_the_decoded_pixels_and_is_rebuilt_when_damage
     images = cached_images(dm.paths, dm.cache_dir, dm.name, transform, loads)
     assert loads.count == 32 and torch.equal(images[15], transform.resize(load_image(dm.paths[15])))
 
+    for p in dm.paths:  # every image rewritten with its own bytes (another inode and time): reused
+        new = tmp_path / "new.jpg"
+        new.write_bytes(p.read_bytes())
+        os.replace(new, p)
+    cached_images(dm.paths, dm.cache_dir, dm.name, transform, loads)
+    assert loads.count == 32
+
     # One image replaced by another file (written beside it and renamed over it, as tools do).
     new = tmp_path / "new.jpg"
     Image.open(dm.paths[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new, quality=92)
@@ -68,6 +76,26 @@ def test_decoded_image_cache_gives_the_decoded_pixels_and_is_rebuilt_when_damage
     dm.paths[3].unlink()  # an image gone: one line naming it, as decoding it would
     with pytest.raises(TagrankError, match=f"^{dm.paths[3]}: cannot read image \\(No such file or directory\\)$"):
         cached_images(dm.paths, dm.cache_dir, dm.name, transform, loads)
+
+
+def test_the_images_bytes_are_read_once_while_no_file_changes(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(bytes([i]) * (1000 + i))
+    expected = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in paths)).hexdigest()
+    assert content_digest(paths, tmp_path / "cache") == expected
+    [memo] = [p for p in (tmp_path / "cache" / "files").iterdir() if p.suffix == ".sha256"]
+    # Later calls read the digest kept under the files' sizes and times, not the files ...
+    cache.write_text(memo, "f" * 64, count=3, unit="images")
+    assert content_digest(paths, tmp_path / "cache") == "f" * 64
+    memo.write_text("0" * 64)  # ... unless it is damaged: then the files are read again
+    assert content_digest(paths, tmp_path / "cache") == expected
+    paths[1].write_bytes(b"other")  # a file changed: read again, another digest
+    assert content_digest(paths, tmp_path / "cache") not in (expected, "f" * 64)
+    paths[2].unlink()
+    with pytest.raises(TagrankError, match=f"^{paths[2]}: cannot read image \\(No such file or directory\\)$"):
+        content_digest(paths, tmp_path / "cache")
 
 
 def test_the_data_module_reads_images_from_the_cache(tmp_path):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule, RankedTagDataset
-from tagrank.data.images import progress
+from tagrank.data.images import content_digest, progress
 from tagrank.models.backbones import backbone_input
 
 log = logging.getLogger(__name__)
@@ -50,15 +50,18 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
     dm.setup()
     path = feature_cache_path(dm.cache_dir, dm.name, backbone_name, weights_digest, image_size)
     images = [r.image for r in dm.records]
+    # The images' bytes, as the decoded-image cache records them: a photo replaced under its name (the
+    # dataset's key covers only its annotation files) must not keep its old features.
+    contents = content_digest(dm.paths, dm.cache_dir)
     if path.exists() or cache.check_path(path).exists():
         try:
             data, rows = cache.read(path)
             cached = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            if cached["images"] == images:
+            if cached["images"] == images and cached.get("sha256") == contents:
                 cache.check_count(path, rows, len(cached["features"]))
                 log.info("features: reusing %s", path)
                 return cached["features"]
-            log.warning("features: %s was made for other images; recomputing", path)
+            log.warning("features: %s was made for other images (or other image files); recomputing", path)
         except cache.Unverified as err:
             log.warning("features: %s; recomputing", err)
         except Exception as err:  # an unreadable cache is rebuilt, never trusted
@@ -67,6 +70,7 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
     pixels = dm.pixels if dm.pixels is not None and dm.pixels.image_size == image_size else None
     all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform, pixels=pixels)
     features = extract(backbone, all_rows, batch_size, num_workers)
-    cache.write(path, lambda tmp: torch.save({"images": images, "features": features}, tmp), count=len(features), unit="rows")
+    cache.write(path, lambda tmp: torch.save({"images": images, "sha256": contents, "features": features}, tmp),
+                count=len(features), unit="rows")
     log.info("features: cached %s %s", tuple(features.shape), path)
     return features

@@ -8,8 +8,9 @@ read-only memory map, which loader workers share through the page cache instead 
 
 The file is written like every cache (``tagrank.data.cache``: a temporary name, renamed, a checksum
 file beside it) and starts with a header naming what it holds: the number of images, their size, and
-a fingerprint of the image files (path, size, modification time and inode of each), so a file cut
-short, damaged, or made before an image was replaced is rebuilt, never used. Concurrent runs (a
+the sha256 of the image files' bytes (:func:`content_digest`), so a file cut short, damaged, or made
+before an image was replaced is rebuilt, never used, while a dataset moved, copied or rewritten with
+the same bytes keeps it. Concurrent runs (a
 multirun on one machine) wait for one another's build instead of each decoding everything.
 """
 
@@ -77,6 +78,31 @@ def fingerprint(paths: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def content_digest(paths: Sequence[Path], cache_dir: Path) -> str:
+    """The sha256 of the image files' bytes, in order: what the decoded-image and feature caches record.
+
+    Why the bytes and not the files' sizes and times: a photo replaced under its name must not keep its
+    old pixels or features (a dataset's own key covers only its annotation files), but a dataset moved,
+    copied, or rewritten with the same bytes (a repaired synthetic set) should keep its caches. Reading
+    every image costs about a second a GB, so the digest is remembered under the files' ``fingerprint``
+    in ``<cache>/files/<fingerprint>.sha256`` and read from there while no file changes."""
+    memo = Path(cache_dir).expanduser() / "files" / f"{fingerprint(paths)}.sha256"
+    try:
+        data, _ = cache.read(memo)
+        return data.decode("ascii")
+    except (cache.Unverified, UnicodeDecodeError):  # none yet, or a damaged one: read the images
+        pass
+    h = hashlib.sha256()
+    for path in progress(paths, total=len(paths), desc="reading images", unit="file") if len(paths) > 5000 else paths:
+        try:
+            with open(path, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+        except OSError as err:
+            raise TagrankError(f"{path}: cannot read image ({err.strerror})") from err
+    cache.write_text(memo, h.hexdigest(), count=len(paths), unit="images")
+    return h.hexdigest()
+
+
 class DecodedImages:
     """Row ``i``: the uint8 pixels [3, S, S] of image ``i``, read from the memory-mapped cache file.
 
@@ -104,9 +130,9 @@ class DecodedImages:
         return HEADER_BYTES + self.count * 3 * self.image_size ** 2
 
 
-def _header(paths: Sequence[Path], image_size: int) -> dict:
+def _header(paths: Sequence[Path], image_size: int, cache_dir: Path) -> dict:
     return {"format": "tagrank decoded images, uint8 [N, 3, S, S]", "images": len(paths), "size": image_size,
-            "fingerprint": fingerprint(paths)}
+            "sha256": content_digest(paths, cache_dir)}
 
 
 def _read_header(path: Path) -> dict:
@@ -137,7 +163,7 @@ def cached_images(paths: Sequence[Path], cache_dir: Path, dataset: str, transfor
     resize release the GIL)."""
     size = transform.image_size
     path = image_cache_path(cache_dir, dataset, size)
-    wanted = _header(paths, size)
+    wanted = _header(paths, size, cache_dir)
     with _exclusive(path):
         if path.exists() or cache.check_path(path).exists():
             try:
