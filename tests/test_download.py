@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import socket
 import subprocess
 import sys
 import tarfile
@@ -188,6 +190,20 @@ def test_killed_download_resumes_or_restarts_cleanly(tmp_path, server):
     assert 0 < part.stat().st_size < len(data)
     server.cut["/big.zip"] = 0
     assert fetch(archive, folder).read_bytes() == data
+
+
+def test_a_server_that_cannot_be_reached_is_retried_with_waits_and_named(tmp_path, caplog):
+    with socket.socket() as s:  # a port nothing listens on: every connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    archive = {"url": f"http://127.0.0.1:{port}/big.zip", "md5": "0" * 32}
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(TagrankError, match=r"^http://127\.0\.0\.1:\d+/big\.zip: download interrupted \(.*refused.*\) "
+                                           r"after 2 retries; nothing was received$"):
+        fetch(archive, tmp_path, retries=2)
+    waits = [r.getMessage().split("; ")[-1] for r in caplog.records]
+    assert waits == ["nothing received, trying again in 1 s (retry 1/2)", "nothing received, trying again in 2 s (retry 2/2)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unpack_failure_leaves_no_dataset(tmp_path, server):

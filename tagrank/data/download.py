@@ -4,7 +4,9 @@
 
 * each archive is downloaded to ``<dest>.partial/archives/<file>.part``; an interrupted transfer is
   resumed with an HTTP ``Range`` request (restarted from zero if the server ignores it), and retried
-  ``retries`` times; a killed command resumes where it stopped when run again;
+  ``retries`` times: at once after a transfer that got somewhere, after 1, 2, 4 ... s (at most 30)
+  after one that got nothing (a server or name that cannot be reached yet); a killed command resumes
+  where it stopped when run again;
 * the checksum is verified before anything is unpacked; a mismatch deletes the file (after a resumed
   transfer it is downloaded once more from the start) and stops with an error;
 * archives are unpacked into ``<dest>.partial/tree/`` and ``<dest>`` appears only when every archive is
@@ -20,6 +22,7 @@ import logging
 import os
 import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -93,8 +96,9 @@ def fetch(archive: dict[str, Any], folder: Path, timeout: float = 60.0, retries:
         return path
     folder.mkdir(parents=True, exist_ok=True)
     digest = expected_digest(archive, allow_unverified)
-    failures, restarted = 0, False
+    failures, restarted, stalled = 0, False, 0
     while True:
+        before = part.stat().st_size if part.exists() else 0
         try:
             resumed = _transfer(url, part, timeout)
         except urllib.error.HTTPError as err:
@@ -103,9 +107,16 @@ def fetch(archive: dict[str, Any], folder: Path, timeout: float = 60.0, retries:
             failures += 1
             done = part.stat().st_size if part.exists() else 0
             if failures > retries:
-                raise TagrankError(f"{url}: download interrupted ({err}) after {retries} retries; {done} bytes are "
-                                   f"kept in {part} and the same command resumes from there") from err
-            log.warning("%s: interrupted (%s); resuming from byte %d (retry %d/%d)", url, err, done, failures, retries)
+                kept = (f"{done} bytes are kept in {part} and the same command resumes from there" if done
+                        else "nothing was received")
+                raise TagrankError(f"{url}: download interrupted ({err}) after {retries} retries; {kept}") from err
+            # A transfer that got somewhere is resumed at once; one that got nothing waits before the next.
+            stalled = 0 if done > before else stalled + 1
+            wait = min(2 ** (stalled - 1), 30) if stalled else 0
+            log.warning("%s: interrupted (%s); %s%s (retry %d/%d)", url, err,
+                        f"resuming from byte {done}" if done else "nothing received",
+                        f", trying again in {wait} s" if wait else "", failures, retries)
+            time.sleep(wait)
             continue
         if digest is not None:
             got = file_digest(part, digest[0])
