@@ -10,7 +10,8 @@ returns ``ids`` (int64 [B, K], tag ids best first, -1 where a captioning list en
 without repeats for the LSTM and Naive-RNN + masking, greedy to END for the captioning Naive-RNN, the
 best decision values for the SVMs, the training order for the prior). Resizing stays outside: resize
 operators differ between runtimes, so the size is fixed and written down instead. ``<out>.json`` beside
-it holds the tag names (id i is ``tags[i]``) and this preprocessing.
+it holds the tag names (id i is ``tags[i]``), this preprocessing, and the stop rule of ``tagrank-predict
+stop=true`` (the scorer's as ``stop_score``, a threshold on ``scores``).
 
 Both files are made by tracing (``torch.jit.trace``; ONNX by the TorchScript-based exporter,
 ``dynamo=False``): measured with torch 2.14, the torch.export-based exporter fixed the batch size of the
@@ -116,6 +117,10 @@ def describe(tagger: Tagger, fmt: str, out: Path) -> dict:
         "outputs": {"ids": f"int64 [batch, {model.top_k}]: tag ids, best first; -1 where a list ended early",
                     "scores": f"float32 [batch, {model.top_k}]: {tagger.score_meaning}; 0 where ids is -1"},
         "top_k": model.top_k,
+        # tagrank-predict stop=true's rule: None where the method always names top_k tags; a captioning
+        # decoder's ids already end at -1; the scorer's is a threshold on the scores (the first tag stays).
+        "stop_rule": model.stop_rule(),
+        "stop_score": model.stop_score(),
         "tags": tagger.tags,
     }
 

@@ -100,6 +100,17 @@ def test_exported_files_give_pytorchs_tags_and_scores(method, formats, tmp_path)
         assert described["tags"] == tags and described["top_k"] == TOP_K
         assert described["input"]["shape"] == ["batch", 3, SIZE, SIZE] and described["input"]["dtype"] == "uint8"
         assert described["input"]["mean"] == list(model.backbone.mean)
+        assert described["stop_rule"] == model.stop_rule() and described["stop_score"] is None
+    if method == "scorer":  # validated: the sidecar gives its stop rule as a threshold on the scores output
+        model.stop_threshold.fill_(float(want_scores[:, 2].median()))
+        export_tagger(Tagger(model, tags, SIZE, tmp_path / "validated.ckpt"), formats[0], tmp_path / "validated")
+        described = json.loads((tmp_path / "validated.json").read_text())
+        assert described["stop_rule"] == model.stop_rule() and described["stop_score"] == float(model.stop_threshold)
+        ids, scores = run_exported(tmp_path / "validated", formats[0], images)
+        kept = np.where((scores >= described["stop_score"]) | (np.arange(TOP_K) == 0), ids, -1)
+        with torch.no_grad():
+            want_set = model.predicted_set({"image": images, "target": unknown_targets(images)}, want_ids)
+        assert np.array_equal(kept, want_set.numpy()) and 0 < (kept >= 0).sum() < kept.size
 
 
 @needs_shared("coco-mini")

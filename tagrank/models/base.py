@@ -79,6 +79,12 @@ class RankedTagger(LightningModule):
         prints it); None where there is no set of its own."""
         return None
 
+    def stop_score(self) -> float | None:
+        """Where the stop rule is a threshold on the tags' scores (those :meth:`scored_rank` returns): the
+        score a tag needs to stay in the set (the first always stays). An exported model's sidecar gives
+        it, so its users can apply the rule to the ``scores`` output; None for other rules or none."""
+        return None
+
     # -- shared machinery -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets ``tagrank-eval`` rebuild the right class from the checkpoint alone.

@@ -129,8 +129,12 @@ class ListwiseScorer(StagedTagger):
         return preds.masked_fill(~above, -1)
 
     def stop_rule(self) -> str | None:
+        threshold = self.stop_score()
+        return None if threshold is None else f"the tags of softmax probability >= {threshold:.4g}, chosen on the validation split"
+
+    def stop_score(self) -> float | None:
         threshold = float(self.stop_threshold)
-        return None if threshold < 0 else f"the tags of softmax probability >= {threshold:.4g}, chosen on the validation split"
+        return None if threshold < 0 else threshold
 
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The softmax probability of the tag over all tags. The same as ``scored_rank`` returns with its ids."""
