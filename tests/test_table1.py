@@ -125,8 +125,10 @@ def test_a_run_whose_metrics_disagree_with_its_predictions_is_refused(tmp_path):
 def test_a_failed_run_is_named(tmp_path):
     sweep = known_sweep(tmp_path)
     (sweep / "frozen/1/metrics.json").unlink()
-    with pytest.raises(TagrankError, match="frozen/1: no metrics.json"):
+    with pytest.raises(TagrankError, match="frozen/1: no metrics.json .*remove this folder to aggregate without it$"):
         runs.load_runs(sweep)
+    shutil.rmtree(sweep / "frozen/1")  # as the message says: the others aggregate
+    assert len(runs.load_runs(sweep)) == len(list(sweep.glob("*/*/.hydra")))
 
 
 def test_one_seed_a_method_is_said_in_the_header(tmp_path):

@@ -43,7 +43,8 @@ def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
     for name in ("metrics.json", "predictions.jsonl", ".hydra/config.yaml", ".hydra/hydra.yaml"):
         if not (run_dir / name).is_file():
-            raise TagrankError(f"{run_dir}: no {name} (did this run fail or stop before testing?)")
+            raise TagrankError(f"{run_dir}: no {name} (did this run fail or stop before testing?); a run given again "
+                               "goes beside it: remove this folder to aggregate without it")
     cfg = OmegaConf.load(run_dir / ".hydra/config.yaml")
     choices = OmegaConf.load(run_dir / ".hydra/hydra.yaml").hydra.runtime.choices
     metrics, predictions = read_results(run_dir)
