@@ -9,9 +9,9 @@ read-only memory map, which loader workers share through the page cache instead 
 The file is written like every cache (``tagrank.data.cache``: a temporary name, renamed, a checksum
 file beside it) and starts with a header naming what it holds: the number of images, their size, and
 the sha256 of the image files' bytes (:func:`content_digest`), so a file cut short, damaged, or made
-before an image was replaced is rebuilt, never used, while a dataset moved, copied or rewritten with
-the same bytes keeps it. Concurrent runs (a
-multirun on one machine) wait for one another's build instead of each decoding everything.
+before an image was replaced is rebuilt, never used, while images rewritten with the same bytes keep
+it. Concurrent runs (a multirun on one machine) wait for one another's build instead of each decoding
+everything.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def content_digest(paths: Sequence[Path], cache_dir: Path) -> str:
     """The sha256 of the image files' bytes, in order: what the decoded-image and feature caches record.
 
     Why the bytes and not the files' sizes and times: a photo replaced under its name must not keep its
-    old pixels or features (a dataset's own key covers only its annotation files), but a dataset moved,
-    copied, or rewritten with the same bytes (a repaired synthetic set) should keep its caches. Reading
+    old pixels or features (a dataset's own key covers only its annotation files), but images rewritten
+    with the same bytes (a repaired synthetic set, a backup restored) should keep their caches. Reading
     every image costs about a second a GB, so the digest is remembered under the files' ``fingerprint``
     in ``<cache>/files/<fingerprint>.sha256`` and read from there while no file changes."""
     memo = Path(cache_dir).expanduser() / "files" / f"{fingerprint(paths)}.sha256"
