@@ -137,9 +137,11 @@ def test_one_seed_a_method_is_said_in_the_header(tmp_path):
         shutil.rmtree(sweep / job)
     md = tables.table_markdown(summary(sweep), "pascal07")
     assert "Frequency prior, SVM: one seed, so their intervals are the bootstrap over test images alone." in md
+    assert "mean ± std over 1/2 seeds." in md
     shutil.rmtree(sweep / "finetuned/1")
     md = tables.table_markdown(summary(sweep), "pascal07")
     assert "Every method has one seed here, so the intervals are the bootstrap over test images alone" in md
+    assert "mean ± std over 1 seed." in md
 
 
 # -- the two-level bootstrap ------------------------------------------------------------------------

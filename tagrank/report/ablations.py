@@ -30,7 +30,7 @@ from tagrank.report.methods import label
 from tagrank.report.runs import Run
 from tagrank.report.stats import (N_BOOT, Row, Scores, image_scores, per_image_scores, percentile_ci,
                                   seed_image_bootstrap, summarise)
-from tagrank.report.tables import interval_note, table_cells
+from tagrank.report.tables import interval_note, seed_counts, table_cells
 
 REFERENCE_RELEVANCE = "linear"  # Table 1's grade (metrics.py's default)
 TRAIN_ORDERS = {"human": "human (the annotators' order)", "frequency": "frequency (most frequent tag first)",
@@ -169,9 +169,8 @@ def _header(command: str, title: str, text: str) -> list[str]:
 
 
 def set_vs_order_markdown(rows: list[SetOrderRow], data: str, n_images: int, command: str) -> str:
-    seeds = "/".join(sorted({str(len(r.seeds)) for r in rows}))
     lines = _header(command, f"Set against order on `{data}`",
-                    f"NDCG (mean over k = 1..10) on the test split ({n_images} images), mean over {seeds} seeds, "
+                    f"NDCG (mean over k = 1..10) on the test split ({n_images} images), mean over {seed_counts(rows)}, "
                     "beside "
                     "the NDCG of the same predicted lists with the ground-truth tags each found moved to the front in "
                     "the ground-truth order (then its other tags): the best order of what it found. The gap is what "
@@ -214,11 +213,10 @@ def relevance_markdown(result: RelevanceAblation, data: str, n_images: int, comm
 def order_markdown(rows: list[Row], data: str, command: str) -> str:
     head, cells = table_cells(rows, reference="human")
     head[0] = "Training order"
-    seeds = "/".join(sorted({str(len(r.seeds)) for r in rows}))
     lines = _header(command, f"Which order to learn from on `{data}`",
                     f"The same method trained on each `data.train_order` and scored, like every run, on the human "
                     f"order of the test split ({rows[0].n_images} images): mean over k = 1..{len(rows[0].ndcg_at)} of "
-                    f"NDCG@k and P@k, mean ± std over {seeds} seeds. " + interval_note(rows))
+                    f"NDCG@k and P@k, mean ± std over {seed_counts(rows)}. " + interval_note(rows))
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(line) + " |" for line in cells]
     return "\n".join(lines) + "\n"

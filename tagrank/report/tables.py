@@ -20,6 +20,13 @@ def _ci(ci: tuple[float, float] | None) -> str:
     return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "–"
 
 
+def seed_counts(rows: list) -> str:
+    """How many seeds the rows average: "3 seeds", "1 seed", or "1/3 seeds" where methods differ (the
+    deterministic ones run once)."""
+    counts = sorted({len(r.seeds) for r in rows})
+    return f"{'/'.join(map(str, counts))} seed{'s' * (counts != [1])}"
+
+
 def interval_note(rows: list[Row]) -> str:
     """What the intervals are, in words, for the table's header (and the HTML report's)."""
     note = (f"95% CI: two-level percentile bootstrap ({rows[0].n_boot} replicates): each replicate resamples the "
@@ -58,11 +65,10 @@ def table_cells(rows: list[Row], reference: str = REFERENCE) -> tuple[list[str],
 
 
 def table_markdown(rows: list[Row], data: str, reference: str = REFERENCE) -> str:
-    seeds = sorted({len(r.seeds) for r in rows})
     head, cells = table_cells(rows, reference)
     lines = [f"# Table 1 on `{data}`", "",
              f"Mean over k = 1..{len(rows[0].ndcg_at)} of NDCG@k and P@k on the test split ({rows[0].n_images} images): "
-             f"mean ± std over {'/'.join(map(str, seeds))} seeds. " + interval_note(rows),
+             f"mean ± std over {seed_counts(rows)}. " + interval_note(rows),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(line) + " |" for line in cells]
     return "\n".join(lines) + "\n"
