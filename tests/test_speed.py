@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -93,6 +94,11 @@ def test_the_images_bytes_are_read_once_while_no_file_changes(tmp_path):
     assert content_digest(paths, tmp_path / "cache") == expected
     paths[1].write_bytes(b"other")  # a file changed: read again, another digest
     assert content_digest(paths, tmp_path / "cache") not in (expected, "f" * 64)
+    # Where the digest cannot be kept (a read-only cache; here a file where the folder would be), it is
+    # still given: the images are read each time.
+    shutil.rmtree(tmp_path / "cache" / "files")
+    (tmp_path / "cache" / "files").write_text("not a folder")
+    assert content_digest(paths, tmp_path / "cache") == content_digest(paths, tmp_path / "other")
     paths[2].unlink()
     with pytest.raises(TagrankError, match=f"^{paths[2]}: cannot read image \\(No such file or directory\\)$"):
         content_digest(paths, tmp_path / "cache")

@@ -99,7 +99,10 @@ def content_digest(paths: Sequence[Path], cache_dir: Path) -> str:
                 h.update(hashlib.file_digest(f, "sha256").digest())
         except OSError as err:
             raise TagrankError(f"{path}: cannot read image ({err.strerror})") from err
-    cache.write_text(memo, h.hexdigest(), count=len(paths), unit="images")
+    try:
+        cache.write_text(memo, h.hexdigest(), count=len(paths), unit="images")
+    except OSError as err:  # a read-only cache (shared, precomputed) still serves what it holds
+        log.info("could not keep the images' digest in %s (%s); they are read again next time", memo, err.strerror)
     return h.hexdigest()
 
 
