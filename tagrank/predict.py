@@ -204,7 +204,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     print(f"{tagger.checkpoint}: {length}; score = {tagger.score_meaning}")
     print_table(results)
     summary = f"{len(results)} photo{'s' * (len(results) != 1)} tagged"
-    print(summary + (f", {len(skipped)} file{'s' * (len(skipped) != 1)} skipped (not readable images: see above)" if skipped else ""))
+    print(summary + (f", {len(skipped)} file{'s' * (len(skipped) != 1)} skipped (not readable images: see the warnings)" if skipped else ""))
     if out is not None:
         atomic_write_text(out, format_predictions(results, out.suffix))
         print(f"wrote {out}")

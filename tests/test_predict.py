@@ -155,6 +155,26 @@ def test_console_script_exits_2_with_one_line(coco_run, tmp_path, cli_env):
 
 
 @needs_shared("coco-mini")
+def test_the_console_script_keeps_log_lines_off_stdout(coco_run, tmp_path, cli_env):
+    run, _ = coco_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = sorted(TEST_PHOTOS.iterdir())[:2]
+    for p in good:
+        shutil.copy(p, photos / p.name)
+    (photos / "notes.txt").write_text("not an image")
+    proc = subprocess.run([sys.executable, "-m", "tagrank.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
+                           f"images={photos}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, env=cli_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # stdout, what a pipe or a redirect gets: the header, a line a photo, the count; the warning on stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 and lines[-1] == "2 photos tagged, 1 file skipped (not readable images: see the warnings)"
+    assert [line.split()[0] for line in lines[1:3]] == [str(photos / p.name) for p in good]
+    assert f"[WARNING] - skipped {photos / 'notes.txt'}: cannot read image" in proc.stderr
+
+
+@needs_shared("coco-mini")
 def test_stop_true_ends_each_list_where_the_scorer_s_rule_does(tmp_path_factory, tmp_path, cache_dir, capsys):
     run, _ = train_on_coco_mini(tmp_path_factory, cache_dir, "frozen", "model=scorer", "trainer.max_steps=10",
                                 "trainer.val_check_interval=5", "trainer.check_val_every_n_epoch=null")
