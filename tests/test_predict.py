@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,16 +77,22 @@ def test_csv_and_shorter_lists(coco_run, tmp_path, cache_dir):
         assert float(score) == pytest.approx(got[image]["tags"][int(rank) - 1]["score"], rel=1e-5)
 
 
+def photos_and_junk(tmp_path: Path, n: int) -> tuple[Path, list[Path]]:
+    """A folder of the first ``n`` test photos and a text file (not an image); the photos' sources."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = sorted(TEST_PHOTOS.iterdir())[:n]
+    for p in good:
+        shutil.copy(p, photos / p.name)
+    (photos / "notes.txt").write_text("not an image")
+    return photos, good
+
+
 @needs_shared("coco-mini")
 def test_unreadable_files_are_reported_skipped_and_counted(coco_run, tmp_path, cache_dir, capsys, caplog):
     run, _ = coco_run
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    good = sorted(TEST_PHOTOS.iterdir())[:3]
-    for p in good:
-        shutil.copy(p, photos / p.name)
+    photos, good = photos_and_junk(tmp_path, 3)
     (photos / "cut.jpg").write_bytes(good[0].read_bytes()[:2000])  # a JPEG cut short
-    (photos / "notes.txt").write_text("not an image")
     out = tmp_path / "preds.jsonl"
     with caplog.at_level("WARNING", logger="tagrank"):
         results = predict(predict_cfg(tmp_path, cache_dir, f"ckpt_path={run}/checkpoints/best.ckpt",
@@ -157,12 +164,7 @@ def test_console_script_exits_2_with_one_line(coco_run, tmp_path, cli_env):
 @needs_shared("coco-mini")
 def test_the_console_script_keeps_log_lines_off_stdout(coco_run, tmp_path, cli_env):
     run, _ = coco_run
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    good = sorted(TEST_PHOTOS.iterdir())[:2]
-    for p in good:
-        shutil.copy(p, photos / p.name)
-    (photos / "notes.txt").write_text("not an image")
+    photos, good = photos_and_junk(tmp_path, 2)
     proc = subprocess.run([sys.executable, "-m", "tagrank.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
                            f"images={photos}", f"hydra.run.dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, env=cli_env, timeout=300)
