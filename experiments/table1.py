@@ -19,7 +19,7 @@
 
 Settings (key=value): data (synthetic), seeds (3: the deterministic svm, svm_rank and frequency run once),
 methods (lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,scorer,frequency),
-quick (false), logger (csv | tensorboard | wandb), results (results; quick: results/quick), sweep_dir (default
+quick (false), logger (csv | tensorboard | wandb), results (results; quick, or aggregate= of a quick sweep: results/quick), sweep_dir (default
 ``$TAGRANK_LOGS/table1/<data>/<time>``; an existing one gains the new runs beside its own), aggregate (a finished sweep directory: skip step 1),
 finetune (the fine-tuning methods' schedule as an experiment name; ``auto``: ``synthetic_finetune`` on
 data=synthetic, ``flickr8k_finetune`` on data=flickr8k, none in quick mode, otherwise the model config's own ``finetune_after_steps`` (the
@@ -90,6 +90,27 @@ def results_dir(settings: dict[str, str], data: str) -> Path:
     numbers never overwrite the committed reference results in ``results/synthetic``."""
     default = "results/quick" if settings["quick"].lower() == "true" else "results"
     return Path(settings["results"] or default) / data
+
+
+def made_quick(found: list) -> bool:
+    """Whether every run of a sweep was made by ``quick=true`` (its smoke overrides are in each run's
+    ``.hydra/overrides.yaml``): ``aggregate=`` of such a sweep then writes to ``results/quick`` too."""
+    from omegaconf import OmegaConf
+
+    def overrides(run) -> set[str]:
+        path = run.path / ".hydra" / "overrides.yaml"
+        return set(map(str, OmegaConf.load(path))) if path.is_file() else set()
+
+    return all(set(QUICK) <= overrides(run) for run in found)
+
+
+def table_dir(settings: dict[str, str], found: list) -> Path:
+    """``results_dir`` of the sweep's data; for ``aggregate=`` of a sweep that ``quick=true`` made, the
+    quick one, whatever ``quick`` says now."""
+    if settings["aggregate"] and settings["quick"].lower() != "true" and made_quick(found):
+        log.info("%s was made by quick=true: its table goes where quick=true puts it", settings["aggregate"])
+        settings = {**settings, "quick": "true"}
+    return results_dir(settings, found[0].data)
 
 
 def wandb_group(data: str, sweep_dir: Path) -> str:
@@ -251,8 +272,7 @@ def main(argv: list[str]) -> int:
             launch(settings, passthrough, sweep_dir)
         from tagrank.report.runs import load_runs
 
-        data = load_runs(sweep_dir)[0].data
-        out_dir = results_dir(settings, data)
+        out_dir = table_dir(settings, load_runs(sweep_dir))
         md = report(sweep_dir, out_dir, settings["logger"], settings["reference"])
     except TagrankError as err:
         print(f"table1: error: {err}", file=sys.stderr)

@@ -265,7 +265,7 @@ def test_table1_rejects_bad_arguments_before_any_run(arguments, message, tmp_pat
     assert not (tmp_path / "sweep").exists()
 
 
-def test_a_quick_table_never_lands_on_the_reference_results():
+def test_a_quick_table_never_lands_on_the_reference_results(tmp_path):
     sys.path.insert(0, str(ROOT / "experiments"))
     try:
         import table1
@@ -275,6 +275,16 @@ def test_a_quick_table_never_lands_on_the_reference_results():
     assert table1.results_dir(settings, "synthetic") == Path("results/quick/synthetic")
     assert table1.results_dir(table1.parse([])[0], "synthetic") == Path("results/synthetic")
     assert table1.results_dir(table1.parse(["quick=true", "results=/r"])[0], "synthetic") == Path("/r/synthetic")
+    # aggregate= of a sweep that quick=true made (its smoke overrides in every run) goes there too
+    sweep = known_sweep(tmp_path)
+    assert not table1.made_quick(runs.load_runs(sweep))
+    for run in runs.load_runs(sweep):
+        OmegaConf.save(OmegaConf.create([*table1.QUICK, f"seed={run.seed}"]), run.path / ".hydra/overrides.yaml")
+    assert table1.made_quick(runs.load_runs(sweep))
+    assert table1.table_dir(table1.parse([f"aggregate={sweep}"])[0], runs.load_runs(sweep)) == \
+        Path("results/quick/pascal07")
+    assert table1.table_dir(table1.parse([f"aggregate={sweep}", "results=/r"])[0], runs.load_runs(sweep)) == \
+        Path("/r/pascal07")  # a folder the user names is theirs
 
 
 @pytest.mark.slow
