@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from omegaconf import DictConfig, OmegaConf
 
 from tagrank.callbacks import ModelInputs, NonFiniteGuard, RandomState, RunSettings, SlurmRequeue
@@ -148,6 +150,9 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:
         plugins.append(SLURMEnvironment(auto_requeue=False))
         callbacks.append(SlurmRequeue(signal.SIGUSR1))
     trainer_cfg = OmegaConf.merge(cfg.trainer, overrides)
+    if trainer_cfg.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        # Lightning's own default, but on stderr with the log lines: stdout keeps the metrics tables.
+        callbacks.append(RichProgressBar(console_kwargs={"stderr": True}) if _RICH_AVAILABLE else TQDMProgressBar())
     return instantiate(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 

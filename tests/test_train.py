@@ -44,7 +44,7 @@ def test_train_writes_a_complete_run_and_eval_reproduces_it(tmp_path, cache_dir)
     assert model.hparams.hidden_size == 300 and model.num_tags == model.out.out_features
 
     # tagrank-eval (the real console script) prints and writes the same numbers, and report.html beside them.
-    again, stdout = _eval_cli(run, cfg, tmp_path / "eval", "report=true")
+    again, stdout = _eval_cli(run, cfg, tmp_path / "eval", "report=true", progress_bar=True)
     assert again["metrics"] == metrics["metrics"]
     assert f"{metrics['metrics']['ndcg_mean']:.4f}" in stdout
     page = (tmp_path / "eval/report.html").read_text()
@@ -52,8 +52,8 @@ def test_train_writes_a_complete_run_and_eval_reproduces_it(tmp_path, cache_dir)
     assert f"<td>Ours (LSTM)</td><td>{metrics['metrics']['ndcg_mean']:.4f}</td>" in page
 
 
-def _eval_cli(run, cfg, out_dir, *overrides):
-    """Run the real ``tagrank-eval`` on ``run``'s best checkpoint and return its metrics.json."""
+def _eval_cli(run, cfg, out_dir, *overrides, progress_bar: bool = False):
+    """Run the real ``tagrank-eval`` on ``run``'s best checkpoint; its metrics.json and stdout."""
     from omegaconf import OmegaConf
 
     # tagrank-eval needs the run's .hydra/config.yaml, which a real tagrank-train run writes.
@@ -61,9 +61,12 @@ def _eval_cli(run, cfg, out_dir, *overrides):
     OmegaConf.save(cfg, run / ".hydra/config.yaml")
     proc = subprocess.run(
         [sys.executable, "-m", "tagrank.eval", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={out_dir}",
-         f"paths.cache_dir={cfg.paths.cache_dir}", "trainer.enable_progress_bar=false", *overrides],
+         f"paths.cache_dir={cfg.paths.cache_dir}", f"trainer.enable_progress_bar={progress_bar}", *overrides],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    if progress_bar:  # on stderr with the log lines: stdout holds the table alone
+        assert "Testing" in proc.stderr and "Testing" not in proc.stdout
+        assert proc.stdout.startswith(f"test split, {run}/checkpoints/best.ckpt\nmetric | @1 |")
     return json.loads((out_dir / "metrics.json").read_text()), proc.stdout
 
 
