@@ -41,7 +41,7 @@ from tagrank.predict import Tagger, load_tagger, unknown_targets
 
 log = logging.getLogger("tagrank")
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}  # each format's file name endings
 ONNX_OPSET = 17
 
 
@@ -129,6 +129,12 @@ def export(cfg: DictConfig) -> Path:
     if cfg.format not in FORMATS:
         raise TagrankError(f"format={cfg.format!r}: expected one of {list(FORMATS)}")
     out = Path(cfg.out).expanduser()
+    if out.suffix not in FORMATS[cfg.format]:
+        raise TagrankError(f"out={cfg.out!r}: expected a name ending in {' or '.join(FORMATS[cfg.format])} "
+                           f"(format={cfg.format})")
+    ckpt = Path(str(cfg.ckpt_path)).expanduser() if cfg.ckpt_path else None
+    if ckpt is not None and out.exists() and ckpt.exists() and out.samefile(ckpt):
+        raise TagrankError(f"out={cfg.out!r} is the checkpoint it exports: name another file")
     tagger = load_tagger(cfg)
     sidecar = export_tagger(tagger, cfg.format, out)
     print(f"wrote {out} ({cfg.format}: uint8 RGB [B, 3, {tagger.image_size}, {tagger.image_size}] -> top "

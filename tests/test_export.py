@@ -151,4 +151,13 @@ def test_bad_format_exits_2_with_one_line_and_missing_checkpoint_is_one_message(
                            config_name="export"))
     with pytest.raises(TagrankError, match=r"beam search \(model.beam_width=3\) does not export to ONNX"):
         export_tagger(Tagger(untrained("lstm_beam"), [f"tag{i}" for i in range(NUM_TAGS)], SIZE, out), "onnx", out)
+    with pytest.raises(TagrankError, match=r"^out='.*t\.pt': expected a name ending in \.onnx \(format=onnx\)$"):
+        export(compose_cfg(["ckpt_path=/nowhere/best.ckpt", f"out={tmp_path / 't.pt'}"], tmp_path / "run", cache_dir,
+                           config_name="export"))
+    ckpt = tmp_path / "model.pt"  # a checkpoint whose name a TorchScript file could have: never written over
+    ckpt.write_bytes(b"the user's checkpoint")
+    with pytest.raises(TagrankError, match=r"^out='.*model\.pt' is the checkpoint it exports: name another file$"):
+        export(compose_cfg([f"ckpt_path={ckpt}", "format=torchscript", f"out={ckpt}"], tmp_path / "run", cache_dir,
+                           config_name="export"))
+    assert ckpt.read_bytes() == b"the user's checkpoint"
     assert not out.exists() and not (tmp_path / "t.onnx.json").exists()
