@@ -5,7 +5,8 @@
     tagrank-eval ckpt_path=... data=synthetic data.source.seed=1     # another dataset
 
 The data and backbone settings default to those of the run that wrote the checkpoint
-(``<run>/.hydra/config.yaml``), so the numbers match what that run reported.
+(``<run>/.hydra/config.yaml``), so the numbers match what that run reported. The data may be another
+dataset; the backbone settings must be the checkpoint's own (refused otherwise, in one line).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tagrank import CONF_DIR
 from tagrank.config import Seed, check_value, console_main, instantiate, run_cli
 from tagrank.errors import TagrankError
-from tagrank.pipeline import attach_inputs, build_trainer, check_backbone, checkpoint_class, report
+from tagrank.pipeline import (attach_inputs, build_trainer, check_backbone, check_trained_with, checkpoint_class,
+                              report, run_settings)
 
 log = logging.getLogger("tagrank")
 
@@ -42,6 +44,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                     cfg[key] = run_cfg[key]
         if cfg.get("data") is None or cfg.get("backbone") is None:
             raise TagrankError(f"{run_cfg_path} not found: pass data=<name> and backbone=<name> for this checkpoint")
+
+    # The model's backbone comes from the checkpoint: features made by another (or at another size) would
+    # be cached and scored under the wrong name.
+    backbone = {k: v for k, v in run_settings(cfg).items() if k.startswith("backbone.")}
+    check_trained_with(ckpt, backbone, str(cfg.ckpt_path), "evaluate it with the backbone it was trained with "
+                       "(leave backbone out: it comes from its run)")
 
     L.seed_everything(cfg.seed, workers=True)
     # Settings first, data after (as in tagrank-train); the model is rebuilt from the checkpoint alone.

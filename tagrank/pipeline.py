@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from omegaconf import DictConfig, OmegaConf
 
-from tagrank.callbacks import ModelInputs, NonFiniteGuard, RandomState, RunSettings, SlurmRequeue
+from tagrank.callbacks import SETTINGS_KEY, ModelInputs, NonFiniteGuard, RandomState, RunSettings, SlurmRequeue
 from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
@@ -129,6 +129,34 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
             if f"{section}.{key}" not in WHERE_AND_HOW:
                 flat[f"{section}.{key}"] = value
     return flat
+
+
+def check_trained_with(ckpt: Path, here: dict[str, Any], named: str, advice: str) -> None:
+    """Refuse a checkpoint trained with other values of the settings in ``here`` (``model.<hparam>``,
+    ``data.*``, ``backbone.*``, ``seed``), in one line that names them and gives the overrides: "<named>
+    was trained with other settings (...): <advice>, k=v ...". Settings a checkpoint does not hold
+    (written by an older tagrank) are not compared."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    there = {f"model.{k}": v for k, v in (saved.get("hyper_parameters") or {}).items()}
+    there.update(saved.get(SETTINGS_KEY) or {})
+    differ = [k for k in here if k in there and _plain(there[k]) != _plain(here[k])]
+    if differ:
+        raise TagrankError(f"ckpt_path={named} was trained with other settings ("
+                           + "; ".join(f"{k}={there[k]!r} there, {here[k]!r} here" for k in differ)
+                           + f"): {advice}, " + " ".join(f"{k}={_override(there[k])}" for k in differ))
+
+
+def _plain(value):
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _override(value) -> str:
+    """``value`` as a Hydra command-line override writes it."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override(v) for v in value) + "]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> Trainer:

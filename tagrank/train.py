@@ -30,13 +30,12 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tagrank import CONF_DIR
-from tagrank.callbacks import SETTINGS_KEY
 from tagrank.config import Seed, check_node, check_value, console_main, in_multirun, instantiate, run_cli
 from tagrank.dashboard import check_wandb, log_config
 from tagrank.errors import TagrankError
 from tagrank.models.backbones import resolve_weights
-from tagrank.pipeline import (attach_inputs, build_model, build_trainer, check_backbone, checkpoint_class,
-                              keep_previous_csv, planned_steps, report, run_settings)
+from tagrank.pipeline import (attach_inputs, build_model, build_trainer, check_backbone, check_trained_with,
+                              checkpoint_class, keep_previous_csv, planned_steps, report, run_settings)
 from tagrank.quiet import quiet_resumed
 from tagrank.report.card import describe, log_summary, write_card
 
@@ -162,32 +161,10 @@ def check_same_settings(ckpt: Path, cfg: DictConfig) -> None:
     """A resumed run goes on as it started, or not at all: the settings its checkpoint was trained with
     (the model's hyperparameters and ``run_settings``) against this command's. Hydra composes a resume
     command from scratch, so a setting the first command overrode and this one leaves out would fall back
-    to its default without a word (and Adam's restored state would quietly keep the old learning rate).
-    Settings a checkpoint does not hold (written by an older tagrank) are not compared."""
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    there = {f"model.{k}": v for k, v in (saved.get("hyper_parameters") or {}).items()}
-    there.update(saved.get(SETTINGS_KEY) or {})
+    to its default without a word (and Adam's restored state would quietly keep the old learning rate)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     here = {f"model.{k}": v for k, v in model.items() if k != "_target_"} | run_settings(cfg)
-    differ = [k for k in here if k in there and _plain(there[k]) != _plain(here[k])]
-    if differ:
-        raise TagrankError(f"ckpt_path={cfg.ckpt_path} was trained with other settings ("
-                           + "; ".join(f"{k}={there[k]!r} there, {here[k]!r} here" for k in differ)
-                           + "): resume with the settings it was trained with, "
-                           + " ".join(f"{k}={_override(there[k])}" for k in differ))
-
-
-def _plain(value):
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _override(value) -> str:
-    """``value`` as a Hydra command-line override writes it."""
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override(v) for v in value) + "]"
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    return str(value)
+    check_trained_with(ckpt, here, cfg.ckpt_path, "resume with the settings it was trained with")
 
 
 def check_weights_fit(ckpt_path: str, model: L.LightningModule) -> None:

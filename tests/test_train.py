@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from tagrank.errors import TagrankError
+from tagrank.eval import evaluate
 from tagrank.models.lstm import LSTMTagger
 from tagrank.train import train
 
@@ -47,6 +49,12 @@ def test_train_writes_a_complete_run_and_eval_reproduces_it(tmp_path, cache_dir)
     again, stdout = _eval_cli(run, cfg, tmp_path / "eval", "report=true", progress_bar=True)
     assert again["metrics"] == metrics["metrics"]
     assert f"{metrics['metrics']['ndcg_mean']:.4f}" in stdout
+    # Another backbone (or size) than the checkpoint's is refused before any feature is made under its name.
+    other = compose_cfg([f"ckpt_path={run}/checkpoints/best.ckpt", "backbone=efficientnet_lite0",
+                         "backbone.image_size=32"], tmp_path / "eval2", cfg.paths.cache_dir, config_name="eval")
+    with pytest.raises(TagrankError, match=r"was trained with other settings \(backbone.image_size=64 there, 32 here\): "
+                                           r"evaluate it with the backbone it was trained with .*backbone.image_size=64$"):
+        evaluate(other)
     page = (tmp_path / "eval/report.html").read_text()
     assert page.count('<tr data-name="') == 48 and page.count("data:image/jpeg;base64,") == 48
     assert f"<td>Ours (LSTM)</td><td>{metrics['metrics']['ndcg_mean']:.4f}</td>" in page
