@@ -82,6 +82,11 @@ def describe_type(hint: Any) -> str:
         return describe_type(typing.get_args(hint)[0])
     if typing.get_origin(hint) is typing.Literal:
         return f"one of {list(typing.get_args(hint))}"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[int]: "int or null"
+        args = typing.get_args(hint)
+        literal = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        rest = ["null" if a is type(None) else describe_type(a) for a in args if typing.get_origin(a) is not typing.Literal]
+        return " or ".join(([f"one of {literal}"] if literal else []) + rest)
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger("tagrank")
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_value("seed", cfg.seed, Seed)
+    check_value("report", cfg.report, bool)  # before the evaluation, not after it
     if cfg.split not in ("val", "test"):
         raise TagrankError(f"split={cfg.split!r}: expected val or test")
     ckpt = Path(cfg.ckpt_path).expanduser()

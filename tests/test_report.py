@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from tagrank.errors import TagrankError
+from tagrank.eval import evaluate
 from tagrank.report import html, runs, stats
 
+from .conftest import compose_cfg
 from .test_table1 import write_run
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; `make test-browser-setup` installs it where it can
@@ -109,9 +110,12 @@ def test_report_shows_every_photo_with_its_lists_and_scores(report):
     assert page.count("data:image/png;base64,") == 1  # the figure
 
 
-def test_a_bad_report_value_is_one_clear_message():
-    with pytest.raises(TagrankError, match="report='maybe': expected true or false"):
-        html.write_eval_report(OmegaConf.create({"report": "maybe"}), Path("x.ckpt"), None, None)
+def test_a_bad_report_value_is_one_clear_message_before_any_work(tmp_path):
+    # Checked first: before the checkpoint is looked at (here there is none), not after the evaluation.
+    cfg = compose_cfg(["ckpt_path=/nowhere/best.ckpt", "report=maybe"], tmp_path / "eval", tmp_path / "cache",
+                      config_name="eval")
+    with pytest.raises(TagrankError, match=r"^report='maybe' has the wrong type: expected bool$"):
+        evaluate(cfg)
 
 
 def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -120,6 +120,8 @@ def test_resuming_with_other_model_settings_stops_at_once_and_leaves_the_run_unt
     ("backbone.weights=/nowhere/w.pth", "backbone.weights='/nowhere/w.pth' does not exist"),
     ("ckpt_path=/nowhere/last.ckpt", "ckpt_path='/nowhere/last.ckpt' does not exist"),
     ("seed=abc", "seed='abc' has the wrong type: expected int"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs='abc' has the wrong type: expected int or null"),
+    ("trainer.precision=bf17", "trainer.precision='bf17' has the wrong type: expected one of [64, 32, 16, "),
     ("seed=1.5", "seed=1.5 has the wrong type: expected int"),
     ("seed=-1", "seed=-1 is out of range: expected int >= 0 and <= 4294967295"),
     ("test=maybe", "test='maybe' has the wrong type: expected bool"),
