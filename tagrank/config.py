@@ -17,6 +17,7 @@ import operator
 import os
 import re
 import shutil
+import signal
 import sys
 import types
 import typing
@@ -231,6 +232,9 @@ def run_cli(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if in_multirun():
             raise
         user_error_exit(err)
+    except BrokenPipeError:  # stdout closed by its reader (`| head`): stop quietly, as a killed writer would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        sys.exit(128 + signal.SIGPIPE)
 
 
 def console_main(hydra_main: Callable[[], Any]) -> None:

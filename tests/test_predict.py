@@ -177,6 +177,19 @@ def test_the_console_script_keeps_log_lines_off_stdout(coco_run, tmp_path, cli_e
 
 
 @needs_shared("coco-mini")
+def test_a_reader_that_stops_early_stops_it_quietly(coco_run, tmp_path, cli_env):
+    # `tagrank-predict ... | head -1`: the pipe closed before the tags are printed (here before anything).
+    run, _ = coco_run
+    proc = subprocess.Popen([sys.executable, "-m", "tagrank.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
+                             f"images={TEST_PHOTOS}", f"hydra.run.dir={tmp_path / 'run'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, stderr[-2000:]  # as a writer killed by SIGPIPE: 128 + 13
+    assert "Traceback" not in stderr and "Error executing job" not in stderr
+
+
+@needs_shared("coco-mini")
 def test_stop_true_ends_each_list_where_the_scorer_s_rule_does(tmp_path_factory, tmp_path, cache_dir, capsys):
     run, _ = train_on_coco_mini(tmp_path_factory, cache_dir, "frozen", "model=scorer", "trainer.max_steps=10",
                                 "trainer.val_check_interval=5", "trainer.check_val_every_n_epoch=null")
