@@ -88,6 +88,16 @@ def test_a_replaced_image_gets_new_features_and_the_same_bytes_keep_them(tmp_pat
     assert torch.equal(cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf), after)
     assert counter.images == 20
 
+    # Rewritten in place with another photo of the same size, its modification time put back (touch -r).
+    st, data = dm.paths[2].stat(), dm.paths[2].read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # the same size, other pixels
+    dm.paths[2].write_bytes(bytes(flipped))
+    os.utime(dm.paths[2], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert dm.paths[2].stat().st_size == st.st_size and dm.paths[2].stat().st_mtime_ns == st.st_mtime_ns
+    cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
+    assert counter.images == 30
+
 
 def test_a_killed_write_leaves_no_cache(tmp_path, backbone, monkeypatch):
     dm = _dm(tmp_path)

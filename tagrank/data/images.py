@@ -67,14 +67,15 @@ def image_cache_path(cache_dir: Path, dataset: str, image_size: int) -> Path:
 
 def fingerprint(paths: Sequence[Path]) -> str:
     """What identifies the image files without reading them: an image replaced (a new file renamed over
-    it, or rewritten in place at another size or time) gives another fingerprint."""
+    it, or rewritten in place, even with its size and modification time put back) gives another one."""
     h = hashlib.sha256()
     for path in paths:
         try:
             st = os.stat(path)
         except OSError as err:  # as load_image says it: one line naming the file
             raise TagrankError(f"{path}: cannot read image ({err.strerror})") from err
-        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+        # ctime too: a file rewritten in place with its size and modification time put back (touch -r)
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
     return h.hexdigest()[:16]
 
 
