@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from tagrank import CONF_DIR
-from tagrank.config import console_main, instantiate, run_cli
+from tagrank.config import NonNegativeInt, PositiveFloat, check_value, console_main, instantiate, run_cli
 from tagrank.data.convert import SKIPPED
 from tagrank.data.download import download_dataset
 from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, atomic_write_text, dataset_stats, read_manifest
@@ -33,6 +33,9 @@ from tagrank.errors import TagrankError
 def build_into(source: Source, out: Path) -> Path:
     """Build ``source`` into ``out`` (replacing an older tagrank dataset there, never other files)."""
     out = out.expanduser().resolve()
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise TagrankError(f"out={out}: {blocker} is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise TagrankError(f"out={out} exists and is not a tagrank dataset folder; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,10 +78,26 @@ def format_stats(name: str, dataset_dir: Path, image_root: Path, stats: dict) ->
     return "\n".join(lines)
 
 
+def download_archives(d: DictConfig) -> list[dict]:
+    """The download settings checked before anything is fetched; the archives as plain dicts."""
+    check_value("download.timeout", d.timeout, PositiveFloat)
+    check_value("download.retries", d.retries, NonNegativeInt)
+    for key in ("keep_archives", "allow_unverified"):
+        check_value(f"download.{key}", d[key], bool)
+    wanted = "{url: <address>, md5: <hex>} (or sha256: <hex>)"
+    if not OmegaConf.is_list(d.archives):
+        raise TagrankError(f"download.archives={d.archives!r}: expected a list of {wanted}")
+    archives = OmegaConf.to_container(d.archives, resolve=True)
+    for i, archive in enumerate(archives):
+        if not isinstance(archive, dict) or not isinstance(archive.get("url"), str):
+            raise TagrankError(f"download.archives[{i}]={archive!r}: expected {wanted}")
+    return archives
+
+
 def prepare(cfg: DictConfig) -> dict | None:
     if cfg.get("download"):
         d = cfg.download
-        dest = download_dataset(d.name, OmegaConf.to_container(d.archives, resolve=True), d.dest,
+        dest = download_dataset(d.name, download_archives(d), d.dest,
                                 keep_archives=d.keep_archives, timeout=d.timeout, retries=d.retries,
                                 allow_unverified=d.allow_unverified)
         print(f"{d.name}: downloaded into {dest}\nconvert it with: tagrank-data data={d.name} data.root={dest}")

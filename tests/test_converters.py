@@ -503,6 +503,10 @@ def test_tagrank_data_prints_statistics_and_skips(tmp_path, capsys):
     with pytest.raises(TagrankError, match="is not a tagrank dataset folder"):
         run_prepare(["data=coco", f"data.root={root}", "data.on_error=skip", f"out={tmp_path / 'mine'}"], tmp_path)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    for out in (tmp_path / "mine" / "notes.txt", tmp_path / "mine" / "notes.txt" / "x"):  # a file in the way
+        with pytest.raises(TagrankError, match=f"^out={out}: {tmp_path / 'mine' / 'notes.txt'} is a file, not a folder$"):
+            run_prepare(["data=coco", f"data.root={root}", "data.on_error=skip", f"out={out}"], tmp_path)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 # --- boxes -----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tagrank.data.records import MANIFEST, read_manifest
 from tagrank.data.source import ensure_built
 from tagrank.errors import TagrankError
 
-from .test_converters import VOC_OBJECTS, write_coco, write_voc
+from .test_converters import VOC_OBJECTS, run_prepare, write_coco, write_voc
 
 
 class Server:
@@ -237,6 +237,21 @@ def test_pascal07_tars_merge_into_one_devkit(tmp_path, server):
     assert sorted(p.stem for p in (dest / "VOCdevkit" / "VOC2007" / "JPEGImages").iterdir()) == ids
     records = Pascal07Source(root=str(dest), order="area").build(tmp_path)
     assert len(records) == 6
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("download.archives=5", "download.archives=5: expected a list of {url: <address>, md5: <hex>} (or sha256: <hex>)"),
+    ("download.archives=[{md5:abc}]", "download.archives[0]={'md5': 'abc'}: expected {url: <address>, md5: <hex>}"),
+    ("download.timeout=abc", "download.timeout='abc' has the wrong type: expected float"),
+    ("download.timeout=-1", "download.timeout=-1 is out of range: expected float > 0"),
+    ("download.retries=-1", "download.retries=-1 is out of range: expected int >= 0"),
+    ("download.allow_unverified=maybe", "download.allow_unverified='maybe' has the wrong type: expected bool"),
+])
+def test_bad_download_settings_are_one_line_before_anything_is_fetched(setting, message, tmp_path):
+    with pytest.raises(TagrankError) as err:
+        run_prepare(["download=coco", f"download.dest={tmp_path / 'coco'}", setting], tmp_path)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert list(tmp_path.glob("coco*")) == []
 
 
 def test_tagrank_data_download_command(tmp_path, server, cli_env):
