@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable
@@ -250,6 +251,13 @@ def console_main(hydra_main: Callable[[], Any]) -> None:
         if traces:
             raise
         user_error_exit(err)
+    except ValueError as err:  # the Optuna sweeper, at the end of a search in which no trial completed
+        # Its best trial asked for: "No trials are completed yet." (in memory), "Record does not exist." (a database)
+        from_optuna = any("/optuna/" in frame.filename for frame in traceback.extract_tb(err.__traceback__))
+        if traces or not from_optuna or str(err) not in ("No trials are completed yet.", "Record does not exist."):
+            raise
+        user_error_exit(TagrankError("no trial of the search completed (each one's error is above): there is no best "
+                                     "one to report"))
     except RuntimeError as err:  # submitit's launcher (launcher=slurm) on a machine without SLURM
         if traces or "srun" not in str(err) or shutil.which("srun"):
             raise

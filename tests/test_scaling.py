@@ -99,6 +99,16 @@ def test_optuna_sweep_continues_from_its_database_and_survives_diverged_trials(c
     assert best["best_value"] == pytest.approx(max(values))  # the best of the whole study
 
 
+def test_an_optuna_search_in_which_every_trial_fails_ends_in_one_line(cli_env, tmp_path):
+    proc = run_cli(["hparams_search=lstm_optuna", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'o.db'}",
+                    "hydra.sweeper.n_trials=2", *TINY, "trainer.max_steps=-5"], cli_env, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("Failed experiment") == 2 and "`max_steps` must be a non-negative integer" in out
+    assert proc.stderr.strip().splitlines()[-1] == ("tagrank: error: no trial of the search completed (each one's "
+                                                    "error is above): there is no best one to report")
+
+
 # -- submitit (the SLURM launch path, on this machine) ----------------------------------------------
 
 
