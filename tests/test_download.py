@@ -211,6 +211,7 @@ def test_unpack_failure_leaves_no_dataset(tmp_path, server):
     with pytest.raises(TagrankError, match="cannot unpack|neither a zip nor a tar"):
         download_dataset("coco", [archive], tmp_path / "coco")
     assert not (tmp_path / "coco").exists()
+    assert not list((tmp_path / "coco.partial").glob("unpacking-*"))  # no half-extracted folder either
     with pytest.raises(TagrankError, match="no md5 or sha256 configured"):
         download_dataset("coco", [{"url": archive["url"]}], tmp_path / "other")
     (tmp_path / "taken").mkdir()

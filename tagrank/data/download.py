@@ -159,9 +159,11 @@ def unpack(archive: Path, into: Path) -> None:
                 t.extractall(stage, filter="data")
         else:
             raise TagrankError(f"{archive}: neither a zip nor a tar archive")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+    except BaseException as err:  # any failure, a Ctrl-C too: no half-extracted folder stays
         shutil.rmtree(stage, ignore_errors=True)
-        raise TagrankError(f"{archive}: cannot unpack ({err}); delete it to download it again") from err
+        if isinstance(err, (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError)):
+            raise TagrankError(f"{archive}: cannot unpack ({err}); delete it to download it again") from err
+        raise
     _merge(stage, into)
     shutil.rmtree(stage, ignore_errors=True)
 
