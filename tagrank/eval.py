@@ -34,7 +34,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise TagrankError(f"split={cfg.split!r}: expected val or test")
     ckpt = Path(cfg.ckpt_path).expanduser()
     if not ckpt.is_file():
-        raise TagrankError(f"ckpt_path={str(ckpt)!r} does not exist; pass <run>/checkpoints/best.ckpt")
+        there = "is a folder" if ckpt.is_dir() else "does not exist"
+        raise TagrankError(f"ckpt_path={str(ckpt)!r} {there}; pass <run>/checkpoints/best.ckpt")
+    model_class = hydra.utils.get_class(checkpoint_class(ckpt))  # a file that is no checkpoint: said first
     run_cfg_path = ckpt.parent.parent / ".hydra" / "config.yaml"
     with open_dict(cfg):
         if run_cfg_path.is_file():
@@ -54,7 +56,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     L.seed_everything(cfg.seed, workers=True)
     # Settings first, data after (as in tagrank-train); the model is rebuilt from the checkpoint alone.
-    model_class = hydra.utils.get_class(checkpoint_class(ckpt))
     dm = instantiate(cfg.data, "data")
     check_backbone(cfg)
     trainer = build_trainer(cfg, enable_checkpointing=False)  # it writes none (nor offers Lightning's litmodels)

@@ -164,3 +164,14 @@ def test_bad_input_is_one_clear_message(args, message, cli_env, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("tagrank: error: ")
     assert message in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_names_a_folder_or_a_file_that_is_no_checkpoint(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint")
+    for ckpt, message in ((tmp_path, f"ckpt_path='{tmp_path}' is a folder; pass <run>/checkpoints/best.ckpt"),
+                          (junk, f"{junk}: not a readable checkpoint")):
+        cfg = compose_cfg([f"ckpt_path={ckpt}"], tmp_path / "eval", tmp_path / "cache", config_name="eval")
+        with pytest.raises(TagrankError) as err:
+            evaluate(cfg)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
