@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -23,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tagrank import CONF_DIR
 from tagrank.config import NonNegativeInt, PositiveFloat, check_value, console_main, instantiate, run_cli
+from tagrank.data.cache import make_temp_folder
 from tagrank.data.convert import SKIPPED
 from tagrank.data.download import download_dataset
 from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, atomic_write_text, dataset_stats, read_manifest
@@ -39,7 +39,7 @@ def build_into(source: Source, out: Path) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise TagrankError(f"out={out} exists and is not a tagrank dataset folder; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    scratch = make_temp_folder(out.parent, out.name)
     try:
         built = ensure_built(source, scratch)
         if out.exists():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,3 +239,13 @@ def test_a_wrong_train_order_is_one_clear_line(tmp_path):
     with pytest.raises(TagrankError, match=r"data.train_order='alphabetical' is not one of \['human', 'frequency', "
                                            r"'rare_first', 'random'\]"):
         _module(tmp_path, train_order="alphabetical")
+
+
+def test_a_built_dataset_folder_has_the_mode_mkdir_gives(tmp_path):
+    # Built in a temporary folder and renamed: not mkdtemp's owner-only 0700 (caches are often shared).
+    old = os.umask(0o022)
+    try:
+        built = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, image_size=32), tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(built.stat().st_mode) == 0o755

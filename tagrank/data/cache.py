@@ -52,6 +52,14 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def make_temp_folder(parent: Path, name: str) -> Path:
+    """A new folder ``.<name>.XXXX.partial`` in ``parent`` to build a cache folder in, then rename. With
+    the mode mkdir gives (0777 less the umask), not mkdtemp's owner-only 0700: caches are often shared."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".partial"))
+    os.chmod(folder, 0o777 & ~_umask())
+    return folder
+
+
 def _umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it: set it straight back
     os.umask(mask)

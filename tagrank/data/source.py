@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -72,7 +71,7 @@ def ensure_built(source: Source, cache_dir: Path) -> Path:
             if (target / MANIFEST).exists() or cache.check_path(target / MANIFEST).exists():
                 log.warning("dataset cache %s; rebuilding the dataset from its source", err)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".partial"))
+    tmp = cache.make_temp_folder(cache_dir, target.name)
     try:
         records = source.build(tmp)
         if not records:
