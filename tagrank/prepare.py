@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tagrank import CONF_DIR
 from tagrank.config import NonNegativeInt, PositiveFloat, check_value, console_main, instantiate, run_cli
-from tagrank.data.cache import make_temp_folder
+from tagrank.data.cache import file_in_the_way, make_temp_folder
 from tagrank.data.convert import SKIPPED
 from tagrank.data.download import download_dataset
 from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, atomic_write_text, dataset_stats, read_manifest
@@ -33,7 +33,7 @@ from tagrank.errors import TagrankError
 def build_into(source: Source, out: Path) -> Path:
     """Build ``source`` into ``out`` (replacing an older tagrank dataset there, never other files)."""
     out = out.expanduser().resolve()
-    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    blocker = file_in_the_way(out)
     if blocker is not None:
         raise TagrankError(f"out={out}: {blocker} is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():

@@ -52,6 +52,11 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file, if any, at ``folder`` or at one of its parents: where a folder to be made cannot be."""
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
 def make_temp_folder(parent: Path, name: str) -> Path:
     """A new folder ``.<name>.XXXX.partial`` in ``parent`` to build a cache folder in, then rename. With
     the mode mkdir gives (0777 less the umask), not mkdtemp's owner-only 0700: caches are often shared."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from tagrank.data.cache import file_in_the_way
 from tagrank.data.records import atomic_write_text
 from tagrank.errors import TagrankError
 
@@ -182,9 +183,9 @@ def download_dataset(name: str, archives: list[dict[str, Any]], dest: str | Path
             return dest
         raise TagrankError(f"download.dest={dest} exists but is not a complete download of {name}; remove it or "
                            "choose another download.dest")
-    parent = next((p for p in dest.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise TagrankError(f"download.dest={dest}: {parent} is a file, not a folder")
+    blocker = file_in_the_way(dest.parent)  # dest itself, when there, was dealt with above
+    if blocker is not None:
+        raise TagrankError(f"download.dest={dest}: {blocker} is a file, not a folder")
     work = dest.with_name(dest.name + ".partial")
     tree, done_file = work / "tree", work / "unpacked.json"
     done = json.loads(done_file.read_text()) if done_file.is_file() else []
