@@ -46,6 +46,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 BATCH = 16
+# Where the runs' output folders go: one temporary folder that main() removes at the end, so that
+# repeated ``make bench`` runs leave nothing behind in /tmp (they once left 3 GB there).
+RUNS_DIR: str | None = None
 
 
 def figure(value: float, unit: str, baseline: float, ratio: float, target: str | None, ok: bool | None,
@@ -91,7 +94,7 @@ def compose(overrides: list[str]):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=overrides)
     with open_dict(cfg):
-        cfg.paths.output_dir = tempfile.mkdtemp(prefix="tagrank-bench-")
+        cfg.paths.output_dir = tempfile.mkdtemp(prefix="run-", dir=RUNS_DIR)
     return cfg
 
 
@@ -353,7 +356,7 @@ def bench_memory(data: list[str], label: str) -> dict[str, dict]:
     """One short fine-tuning run (50 frozen steps, 50 fine-tuned, 2 validation batches) in a child process:
     its peak resident memory (``ru_maxrss``, which counts the pages of the memory-mapped image cache it
     touched) against the size of the two caches it reads."""
-    out = Path(tempfile.mkdtemp(prefix="tagrank-bench-mem-"))
+    out = Path(tempfile.mkdtemp(prefix="memory-", dir=RUNS_DIR))
     cmd = [sys.executable, "-m", "tagrank.train", *data, "model.finetune_after_steps=50", "trainer.max_steps=100",
            "trainer.max_epochs=-1", "trainer.val_check_interval=50", "trainer.limit_val_batches=2",
            "trainer.check_val_every_n_epoch=null", "test=false", "trainer.enable_progress_bar=false",
@@ -401,6 +404,12 @@ def main() -> int:
                    help="torch threads (default 1: per-core figures, steady on a shared machine, where two "
                         "threads that wait for each other lose several times over)")
     a = p.parse_args()
+    global RUNS_DIR
+    with tempfile.TemporaryDirectory(prefix="tagrank-bench-") as RUNS_DIR:
+        return measure(a)
+
+
+def measure(a: argparse.Namespace) -> int:
     from tagrank.quiet import quiet
 
     quiet()  # Lightning's tips and known warnings, as in every tagrank command
