@@ -23,6 +23,7 @@ import traceback
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import hydra
@@ -34,6 +35,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from tagrank import CONF_DIR
 from tagrank.errors import TagrankError
 from tagrank.quiet import quiet
 
@@ -198,6 +200,11 @@ def user_message(err: Exception) -> str:
             and isinstance(cause.parent_node, DictConfig)):
         node = cause.parent_node
         where = cause.full_key.rsplit(".", 1)[0] if "." in cause.full_key else "the config"
+        group = Path(CONF_DIR) / cause.full_key
+        if where == "the config" and group.is_dir():  # data.x=... where no data is chosen (tagrank-eval)
+            options = sorted(f.stem for f in group.glob("*.yaml"))
+            return (f"no {cause.full_key} settings are chosen in this config, so there are none to change; choose "
+                    f"them first: {cause.full_key}=<one of {options}> before {cause.full_key}.<setting>=...")
         known = [str(k) for k in node if not str(k).startswith("_")]
         # A group of entries (callbacks, logger) takes new ones; a constructor's settings are what they are.
         adding = f" (a new entry needs a +: +{cause.full_key}=...)" if "_target_" not in node else ""

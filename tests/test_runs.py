@@ -162,6 +162,24 @@ def test_hydra_errors_are_one_line_naming_what_there_is(override, message, tmp_p
     assert user_message(err.value).startswith(message) and "\n" not in user_message(err.value)
 
 
+def test_changing_a_setting_of_a_group_nothing_chose_says_to_choose_it_first():
+    """tagrank-eval takes the checkpoint run's data, so ``data.n_test=50`` alone has nothing to change (and a
+    ``+data=...`` would not help): the message says to name a dataset first."""
+    from hydra import compose, initialize_config_dir
+
+    from tagrank import CONF_DIR
+    from tagrank.config import user_message
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"), pytest.raises(Exception) as err:
+        compose(config_name="eval", overrides=["ckpt_path=x.ckpt", "data.n_test=50"])
+    assert user_message(err.value) == (
+        "no data settings are chosen in this config, so there are none to change; choose them first: data=<one of "
+        "['boxes', 'captions', 'coco', 'flickr8k', 'labelme', 'pascal07', 'synthetic']> before data.<setting>=...")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):  # as it says, it composes
+        assert compose(config_name="eval", overrides=["ckpt_path=x.ckpt", "data=synthetic", "data.n_test=50"]
+                       ).data.n_test == 50
+
+
 def test_a_setting_left_at_its_required_marker_is_named(tmp_path, cli_env):
     proc = subprocess.run(["tagrank-eval"], capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == ("tagrank: error: ckpt_path is required: "
