@@ -43,7 +43,7 @@ ORDERS = ("human", "frequency", "rare_first", "random")  # tagrank.data.datamodu
 def parse(argv: list[str]) -> tuple[bool, dict[str, str], list[str]]:
     """(orders mode, settings, what goes to tagrank-train)."""
     orders = bool(argv) and argv[0] == "orders"
-    settings, passthrough = dict(SETTINGS), []
+    settings, passthrough, given = dict(SETTINGS), [], []
     for arg in argv[orders:]:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -51,8 +51,13 @@ def parse(argv: list[str]) -> tuple[bool, dict[str, str], list[str]]:
                                f"(settings: {', '.join(SETTINGS)})")
         if key in SETTINGS:
             settings[key] = value
+            given.append(arg)
         else:
             passthrough.append(arg)
+    unused = [a for a in given if a.partition("=")[0] not in ("aggregate", "results")] + passthrough
+    if orders and settings["aggregate"] and unused:  # the runs are finished: what makes them changes nothing
+        raise TagrankError(f"aggregate= re-reads finished runs, so {' '.join(unused)} would change nothing; "
+                           "with aggregate= pass only results")
     if orders:
         if settings["sweep"]:
             raise TagrankError("sweep= is for the Table 1 ablations, without 'orders'")

@@ -20,7 +20,8 @@
 Settings (key=value): data (synthetic), seeds (3: the deterministic svm, svm_rank and frequency run once),
 methods (lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,scorer,frequency),
 quick (false), logger (csv | tensorboard | wandb), results (results; quick, or aggregate= of a quick sweep: results/quick), sweep_dir (default
-``$TAGRANK_LOGS/table1/<data>/<time>``; an existing one gains the new runs beside its own), aggregate (a finished sweep directory: skip step 1),
+``$TAGRANK_LOGS/table1/<data>/<time>``; an existing one gains the new runs beside its own), aggregate (a finished sweep directory: skip step 1;
+with it only logger, results, reference and quick apply, anything else is refused),
 finetune (the fine-tuning methods' schedule as an experiment name; ``auto``: ``synthetic_finetune`` on
 data=synthetic, ``flickr8k_finetune`` on data=flickr8k, none in quick mode, otherwise the model config's own ``finetune_after_steps`` (the
 paper's 7500) with the passed trainer settings; ``none``: frozen backbone for every method), jobs
@@ -42,6 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+from tagrank import CONF_DIR
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")
@@ -61,16 +63,26 @@ QUICK = ["data.n_train=1000", "data.n_val=200", "data.n_test=400", "data.image_s
          "trainer.max_epochs=8"]
 
 
+# What aggregate= reads: the runs are finished, so the settings that make them would change nothing.
+AGGREGATE_SETTINGS = ("aggregate", "logger", "results", "reference", "quick")
+
+
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    settings, passthrough = dict(SETTINGS), []
+    settings, passthrough, given = dict(SETTINGS), [], []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
             raise TagrankError(f"{arg!r}: arguments are key=value (settings: {', '.join(SETTINGS)})")
         if key in SETTINGS:
             settings[key] = value
+            given.append(arg)
         else:
             passthrough.append(arg)
+    if settings["aggregate"]:
+        unused = [a for a in given if a.partition("=")[0] not in AGGREGATE_SETTINGS] + passthrough
+        if unused:
+            raise TagrankError(f"aggregate= re-reads finished runs, so {' '.join(unused)} would change nothing; "
+                               f"with aggregate= pass only {', '.join(AGGREGATE_SETTINGS[1:])}")
     if settings["quick"].lower() not in ("true", "false"):
         raise TagrankError(f"quick={settings['quick']!r}: expected true or false")
     job_count(settings["jobs"])
@@ -79,6 +91,9 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     if not settings["seeds"].isdigit() or int(settings["seeds"]) < 1:
         raise TagrankError(f"seeds={settings['seeds']!r}: expected a positive whole number")
     methods = [m for m in settings["methods"].split(",") if m]
+    known = sorted(f.stem for f in (Path(CONF_DIR) / "model").glob("*.yaml"))
+    if not settings["aggregate"] and (not methods or set(methods) - set(known)):
+        raise TagrankError(f"methods={settings['methods']}: expected a comma-separated list of {', '.join(known)}")
     if not settings["aggregate"] and settings["reference"] not in methods:  # said now, not after the runs
         raise TagrankError(f"reference={settings['reference']} (the method of the paired difference column) is not "
                            f"among methods={settings['methods']}: add it, or pass reference={methods[0] if methods else '...'}")

@@ -134,7 +134,10 @@ def test_ablations_reject_bad_arguments(tmp_path, cli_env):
                           (["orders", "seeds=0"], "seeds='0': expected a positive whole number"),
                           ([f"sweep={tmp_path}", "model=lstm"],
                            "'model=lstm' is not a setting of the Table 1 ablations"),
-                          ([f"sweep={tmp_path / 'none'}"], "not a directory")):
+                          ([f"sweep={tmp_path / 'none'}"], "not a directory"),
+                          (["orders", f"aggregate={tmp_path}", "seeds=2", "trainer.max_epochs=1"],
+                           "aggregate= re-reads finished runs, so seeds=2 trainer.max_epochs=1 would change nothing; "
+                           "with aggregate= pass only results")):
         proc = run_script(args, cli_env, tmp_path)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
 

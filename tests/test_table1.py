@@ -257,10 +257,17 @@ def test_recurrent_runs_are_shared_between_concurrent_jobs():
     (["seeds=0"], "seeds='0': expected a positive whole number"),
     (["methods=frequency,svm"], "reference=lstm (the method of the paired difference column) is not among "
                                 "methods=frequency,svm: add it, or pass reference=frequency"),
+    (["methods=lstm,nosuch"], "methods=lstm,nosuch: expected a comma-separated list of frequency, lstm, lstm_tuned, "
+                              "naive_rnn, naive_rnn_captioning, scorer, scorer_tuned, svm, svm_rank"),
+    (["aggregate=/x", "seeds=5", "trainer.max_epochs=2", "reference=svm"],
+     "aggregate= re-reads finished runs, so seeds=5 sweep_dir={sweep} trainer.max_epochs=2 would change nothing; "
+     "with aggregate= pass "
+     "only logger, results, reference, quick"),
 ])
 def test_table1_rejects_bad_arguments_before_any_run(arguments, message, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), *arguments,
                            f"sweep_dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=120)
+    message = message.format(sweep=tmp_path / "sweep")
     assert proc.returncode == 2 and proc.stderr.strip() == f"table1: error: {message}"
     assert not (tmp_path / "sweep").exists()
 
