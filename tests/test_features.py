@@ -10,6 +10,7 @@ import torch
 import tagrank.data.features as features_mod
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features, feature_cache_path
+from tagrank.errors import TagrankError
 from tagrank.models.backbones import EfficientNetLite0, load_pretrained, resolve_weights
 from tagrank.pipeline import state_digest
 
@@ -38,36 +39,35 @@ class _Counter:
 
 def test_features_are_computed_once_then_reused(tmp_path, backbone):
     dm, counter = _dm(tmp_path), _Counter(backbone)
-    tf = image_transform(32, backbone.mean, backbone.std)
+    tf = image_transform(64, backbone.mean, backbone.std)
     digest = state_digest(backbone)
-    first = cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf)
+    first = cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
     assert counter.images == 10 and first.shape == (10, 1280)
-    again = cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf)
+    again = cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
     assert counter.images == 10 and torch.equal(first, again)
     # Another image size or other weights is another cache entry.
     cached_features(dm, backbone, "efficientnet_lite0", digest, 48, image_transform(48, backbone.mean, backbone.std))
     assert counter.images == 20
-    assert feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 32) != \
-        feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", "0" * 16, 32)
+    assert feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 64) != \
+        feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", "0" * 16, 64)
 
 
 def test_a_corrupt_or_foreign_cache_is_rebuilt(tmp_path, backbone):
     dm, counter = _dm(tmp_path), _Counter(backbone)
-    tf, digest = image_transform(32, backbone.mean, backbone.std), state_digest(backbone)
-    path = feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 32)
+    tf, digest = image_transform(64, backbone.mean, backbone.std), state_digest(backbone)
+    path = feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 64)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"truncated")
-    good = cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf)
+    good = cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
     assert counter.images == 10
     torch.save({"images": ["other.jpg"], "features": torch.zeros(1, 1280)}, path)
-    assert torch.equal(cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf), good)
+    assert torch.equal(cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf), good)
     assert counter.images == 20
 
 
 def test_a_replaced_image_gets_new_features_and_the_same_bytes_keep_them(tmp_path, backbone):
     # The dataset's key covers its annotation files, not the photos: the cache records the images' bytes.
     dm, counter = _dm(tmp_path), _Counter(backbone)
-    # 64 px: at 32 the network's last feature map is one pixel and every feature is 0 for these scenes
     tf, digest = image_transform(64, backbone.mean, backbone.std), state_digest(backbone)
     before = cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
     assert counter.images == 10 and not torch.equal(before[0], before[1])
@@ -101,7 +101,7 @@ def test_a_replaced_image_gets_new_features_and_the_same_bytes_keep_them(tmp_pat
 
 def test_a_killed_write_leaves_no_cache(tmp_path, backbone, monkeypatch):
     dm = _dm(tmp_path)
-    tf, digest = image_transform(32, backbone.mean, backbone.std), state_digest(backbone)
+    tf, digest = image_transform(64, backbone.mean, backbone.std), state_digest(backbone)
 
     def dies_half_way(obj, f):
         with open(f, "wb") as fh:
@@ -110,6 +110,17 @@ def test_a_killed_write_leaves_no_cache(tmp_path, backbone, monkeypatch):
 
     monkeypatch.setattr(features_mod.torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
-        cached_features(dm, backbone, "efficientnet_lite0", digest, 32, tf)
-    folder = feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 32).parent
+        cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
+    folder = feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 64).parent
     assert list(folder.iterdir()) == []
+
+
+def test_features_that_are_the_same_for_every_image_are_refused(tmp_path, backbone):
+    """At 32 px EfficientNet-Lite0's last feature map is one pixel and all zero after ReLU6: training on
+    that would end at the tag-frequency prior without a word. Refused, and not cached."""
+    dm, digest = _dm(tmp_path), state_digest(backbone)
+    with pytest.raises(TagrankError, match=r"^backbone=efficientnet_lite0 at backbone.image_size=32 gives every image "
+                                           r"the same features \(all zeros\): the images are too small for it; use a "
+                                           r"larger backbone.image_size \(64 or more\)$"):
+        cached_features(dm, backbone, "efficientnet_lite0", digest, 32, image_transform(32, backbone.mean, backbone.std))
+    assert not feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 32).exists()

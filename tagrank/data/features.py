@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule, RankedTagDataset
 from tagrank.data.images import content_digest, progress
+from tagrank.errors import TagrankError
 from tagrank.models.backbones import backbone_input
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
             if cached["images"] == images and cached.get("sha256") == contents:
                 cache.check_count(path, rows, len(cached["features"]))
                 log.info("features: reusing %s", path)
-                return cached["features"]
+                return informative(cached["features"], backbone_name, image_size)
             log.warning("features: %s was made for other images (or other image files); recomputing", path)
         except cache.Unverified as err:
             log.warning("features: %s; recomputing", err)
@@ -69,8 +70,20 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
     # From the decoded-image cache when this run has it (it fine-tunes): the images are not decoded twice.
     pixels = dm.pixels if dm.pixels is not None and dm.pixels.image_size == image_size else None
     all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform, pixels=pixels)
-    features = extract(backbone, all_rows, batch_size, num_workers)
+    features = informative(extract(backbone, all_rows, batch_size, num_workers), backbone_name, image_size)
     cache.write(path, lambda tmp: torch.save({"images": images, "sha256": contents, "features": features}, tmp),
                 count=len(features), unit="rows")
     log.info("features: cached %s %s", tuple(features.shape), path)
+    return features
+
+
+def informative(features: torch.Tensor, backbone_name: str, image_size: int) -> torch.Tensor:
+    """``features``, unless every image got the same vector: then no method can learn anything from
+    them, and training would end quietly at the tag-frequency prior. EfficientNet-Lite0 does this below
+    ~48 px (its last 1x1 feature map is all zeros after ReLU6)."""
+    if len(features) > 1 and bool((features == features[0]).all()):
+        what = "all zeros" if not features.any() else "one constant vector"
+        raise TagrankError(f"backbone={backbone_name} at backbone.image_size={image_size} gives every image the same "
+                           f"features ({what}): the images are too small for it; use a larger backbone.image_size "
+                           f"(64 or more)")
     return features
