@@ -258,6 +258,11 @@ def console_main(hydra_main: Callable[[], Any]) -> None:
         if traces:
             raise
         user_error_exit(err)
+    except KeyboardInterrupt:  # Ctrl-C: the cleanup (temporary files and folders) has run on the way here
+        if traces:
+            raise
+        print("tagrank: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except ValueError as err:  # the Optuna sweeper, at the end of a search in which no trial completed
         # Its best trial asked for: "No trials are completed yet." (in memory), "Record does not exist." (a database)
         from_optuna = any("/optuna/" in frame.filename for frame in traceback.extract_tb(err.__traceback__))

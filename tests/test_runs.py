@@ -204,3 +204,11 @@ def test_console_scripts_exit_2_for_hydra_errors_and_keep_a_crash_s_traceback(mo
 
     with pytest.raises(RuntimeError, match="a bug"):  # the traceback reaches the user, exit status 1
         console_main(crash)
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # (set to 1 by the call before)
+    with pytest.raises(SystemExit) as stop:  # one line and the shell's status for SIGINT, no traceback
+        console_main(ctrl_c)
+    assert stop.value.code == 130 and capsys.readouterr().err == "tagrank: interrupted\n"
