@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tagrank.data.features as features_mod
+from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features, feature_cache_path
 from tagrank.errors import TagrankError
@@ -124,3 +125,13 @@ def test_features_that_are_the_same_for_every_image_are_refused(tmp_path, backbo
                                            r"larger backbone.image_size \(64 or more\)$"):
         cached_features(dm, backbone, "efficientnet_lite0", digest, 32, image_transform(32, backbone.mean, backbone.std))
     assert not feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 32).exists()
+    # A cache of such features (from before this check) is refused as it is read, not recomputed as "unreadable".
+    counter, tf = _Counter(backbone), image_transform(64, backbone.mean, backbone.std)
+    cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
+    path = feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 64)
+    saved = torch.load(path, weights_only=True)
+    cache.write(path, lambda tmp: torch.save({**saved, "features": torch.zeros_like(saved["features"])}, tmp),
+                count=len(saved["features"]), unit="rows")
+    with pytest.raises(TagrankError, match=r"at backbone.image_size=64 gives every image the same features"):
+        cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
+    assert counter.images == 10  # the first build only

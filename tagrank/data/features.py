@@ -54,6 +54,7 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
     # The images' bytes, as the decoded-image cache records them: a photo replaced under its name (the
     # dataset's key covers only its annotation files) must not keep its old features.
     contents = content_digest(dm.paths, dm.cache_dir)
+    reused = None
     if path.exists() or cache.check_path(path).exists():
         try:
             data, rows = cache.read(path)
@@ -61,12 +62,15 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
             if cached["images"] == images and cached.get("sha256") == contents:
                 cache.check_count(path, rows, len(cached["features"]))
                 log.info("features: reusing %s", path)
-                return informative(cached["features"], backbone_name, image_size)
-            log.warning("features: %s was made for other images (or other image files); recomputing", path)
+                reused = cached["features"]
+            else:
+                log.warning("features: %s was made for other images (or other image files); recomputing", path)
         except cache.Unverified as err:
             log.warning("features: %s; recomputing", err)
         except Exception as err:  # an unreadable cache is rebuilt, never trusted
             log.warning("features: %s is unreadable (%s); recomputing", path, err)
+    if reused is not None:  # checked outside the try: a refusal is not an unreadable file
+        return informative(reused, backbone_name, image_size)
     # From the decoded-image cache when this run has it (it fine-tunes): the images are not decoded twice.
     pixels = dm.pixels if dm.pixels is not None and dm.pixels.image_size == image_size else None
     all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform, pixels=pixels)
