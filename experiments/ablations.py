@@ -32,7 +32,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from table1 import run_all, train_executable, unused
+from table1 import refuse_unused_with_aggregate, run_all, train_executable, unused
 
 from tagrank.errors import TagrankError
 
@@ -54,10 +54,8 @@ def parse(argv: list[str]) -> tuple[bool, dict[str, str], list[str]]:
             given.append(arg)
         else:
             passthrough.append(arg)
-    unused = [a for a in given if a.partition("=")[0] not in ("aggregate", "results")] + passthrough
-    if orders and settings["aggregate"] and unused:  # the runs are finished: what makes them changes nothing
-        raise TagrankError(f"aggregate= re-reads finished runs, so {' '.join(unused)} would change nothing; "
-                           "with aggregate= pass only results")
+    if orders and settings["aggregate"]:
+        refuse_unused_with_aggregate(given + passthrough, ("aggregate", "results"))
     if orders:
         if settings["sweep"]:
             raise TagrankError("sweep= is for the Table 1 ablations, without 'orders'")

@@ -43,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from tagrank import CONF_DIR
+from tagrank import config_options
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")
@@ -79,10 +79,7 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         else:
             passthrough.append(arg)
     if settings["aggregate"]:
-        unused = [a for a in given if a.partition("=")[0] not in AGGREGATE_SETTINGS] + passthrough
-        if unused:
-            raise TagrankError(f"aggregate= re-reads finished runs, so {' '.join(unused)} would change nothing; "
-                               f"with aggregate= pass only {', '.join(AGGREGATE_SETTINGS[1:])}")
+        refuse_unused_with_aggregate(given + passthrough, AGGREGATE_SETTINGS)
     if settings["quick"].lower() not in ("true", "false"):
         raise TagrankError(f"quick={settings['quick']!r}: expected true or false")
     job_count(settings["jobs"])
@@ -91,13 +88,21 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     if not settings["seeds"].isdigit() or int(settings["seeds"]) < 1:
         raise TagrankError(f"seeds={settings['seeds']!r}: expected a positive whole number")
     methods = [m for m in settings["methods"].split(",") if m]
-    known = sorted(f.stem for f in (Path(CONF_DIR) / "model").glob("*.yaml"))
+    known = config_options("model")
     if not settings["aggregate"] and (not methods or set(methods) - set(known)):
         raise TagrankError(f"methods={settings['methods']}: expected a comma-separated list of {', '.join(known)}")
     if not settings["aggregate"] and settings["reference"] not in methods:  # said now, not after the runs
         raise TagrankError(f"reference={settings['reference']} (the method of the paired difference column) is not "
                            f"among methods={settings['methods']}: add it, or pass reference={methods[0] if methods else '...'}")
     return settings, passthrough
+
+
+def refuse_unused_with_aggregate(arguments: list[str], allowed: tuple[str, ...]) -> None:
+    """``aggregate=`` re-reads finished runs: a setting that makes runs would change nothing, so it is refused."""
+    unused = [a for a in arguments if a.partition("=")[0] not in allowed]
+    if unused:
+        raise TagrankError(f"aggregate= re-reads finished runs, so {' '.join(unused)} would change nothing; "
+                           f"with aggregate= pass only {', '.join(k for k in allowed if k != 'aggregate')}")
 
 
 def results_dir(settings: dict[str, str], data: str) -> Path:

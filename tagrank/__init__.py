@@ -4,3 +4,8 @@ from pathlib import Path
 
 # The Hydra config tree at the repository root (the package is installed in editable mode).
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def config_options(group: str) -> list[str]:
+    """The options of a config group (``model`` -> ``['frequency', 'lstm', ...]``): its yaml files."""
+    return sorted(f.stem for f in (Path(CONF_DIR) / group).glob("*.yaml"))

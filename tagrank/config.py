@@ -23,7 +23,6 @@ import traceback
 import types
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import hydra
@@ -35,7 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from tagrank import CONF_DIR
+from tagrank import config_options
 from tagrank.errors import TagrankError
 from tagrank.quiet import quiet
 
@@ -200,9 +199,8 @@ def user_message(err: Exception) -> str:
             and isinstance(cause.parent_node, DictConfig)):
         node = cause.parent_node
         where = cause.full_key.rsplit(".", 1)[0] if "." in cause.full_key else "the config"
-        group = Path(CONF_DIR) / cause.full_key
-        if where == "the config" and group.is_dir():  # data.x=... where no data is chosen (tagrank-eval)
-            options = sorted(f.stem for f in group.glob("*.yaml"))
+        options = config_options(cause.full_key) if where == "the config" else []
+        if options:  # data.x=... where no data is chosen (tagrank-eval)
             return (f"no {cause.full_key} settings are chosen in this config, so there are none to change; choose "
                     f"them first: {cause.full_key}=<one of {options}> before {cause.full_key}.<setting>=...")
         known = [str(k) for k in node if not str(k).startswith("_")]
