@@ -34,7 +34,7 @@ from torch import nn
 
 from tagrank import CONF_DIR
 from tagrank.config import console_main, run_cli
-from tagrank.data.records import atomic_write, atomic_write_text
+from tagrank.data.cache import atomic_write, atomic_write_text, check_writable
 from tagrank.errors import TagrankError
 from tagrank.models.base import RankedTagger
 from tagrank.predict import Tagger, load_tagger, unknown_targets
@@ -135,6 +135,8 @@ def export(cfg: DictConfig) -> Path:
     ckpt = Path(str(cfg.ckpt_path)).expanduser() if cfg.ckpt_path else None
     if ckpt is not None and out.exists() and ckpt.exists() and out.samefile(ckpt):
         raise TagrankError(f"out={cfg.out!r} is the checkpoint it exports: name another file")
+    check_writable(out, "out")  # before the model is loaded and traced
+    check_writable(out.with_name(out.name + ".json"), "out")  # its sidecar: not a folder either
     tagger = load_tagger(cfg)
     sidecar = export_tagger(tagger, cfg.format, out)
     print(f"wrote {out} ({cfg.format}: uint8 RGB [B, 3, {tagger.image_size}, {tagger.image_size}] -> top "

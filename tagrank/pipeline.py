@@ -27,7 +27,7 @@ from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features
-from tagrank.data.records import atomic_write
+from tagrank.data.cache import atomic_write, torch_saver
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, format_table
 from tagrank.models.backbones import BACKBONES, load_pretrained, resolve_weights
@@ -39,7 +39,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file and rename it: a killed run never leaves half a file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+        atomic_write(Path(path), torch_saver(checkpoint),
+                     hint="free space there, or set TAGRANK_LOGS (or hydra.run.dir) to a writable folder with space")
 
 
 def build_data(cfg: DictConfig) -> RankedTagDataModule:

@@ -38,7 +38,7 @@ from tagrank.callbacks import INPUTS_KEY
 from tagrank.config import PositiveInt, check_value, console_main, instantiate, run_cli
 from tagrank.data.datamodule import image_transform, load_image
 from tagrank.data.images import progress
-from tagrank.data.records import atomic_write_text
+from tagrank.data.cache import atomic_write_text, check_writable
 from tagrank.errors import TagrankError
 from tagrank.models.base import RankedTagger
 from tagrank.pipeline import checkpoint_class
@@ -192,6 +192,8 @@ def predict(cfg: DictConfig) -> list[dict]:
     out = Path(cfg.out).expanduser() if cfg.out else None
     if out is not None and out.suffix not in OUT_FORMATS:
         raise TagrankError(f"out={cfg.out!r}: expected a file ending in {' or '.join(OUT_FORMATS)}")
+    if out is not None:  # before any photo is tagged, not after
+        check_writable(out, "out")
     check_value("batch_size", cfg.batch_size, PositiveInt)
     stop = cfg.get("stop", False)
     check_value("stop", stop, bool)

@@ -81,3 +81,46 @@ def train_on_coco_mini(tmp_path_factory, cache_dir: Path, kind: str, *overrides:
 def coco_run(tmp_path_factory, cache_dir) -> tuple[Path, DictConfig]:
     """The frozen-backbone LSTM of :func:`train_on_coco_mini`, trained once per session (predict, export)."""
     return train_on_coco_mini(tmp_path_factory, cache_dir, "frozen")
+
+
+def _mount(*args: str) -> str | None:
+    """Run mount/umount; the reason it failed (not root, no mount namespace), or None."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+    except OSError as err:
+        return str(err)
+    return None if proc.returncode == 0 else (proc.stderr.strip() or f"{args[0]} exited {proc.returncode}")
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A folder on its own 256 KiB file system (tmpfs): writes beyond that fail with ENOSPC, as on a full
+    disk. Needs root (mount); skipped with the reason where mounting is not allowed."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    reason = _mount("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder))
+    if reason:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {reason}")
+    yield folder
+    _mount("umount", "-l", str(folder))
+
+
+@pytest.fixture
+def read_only_folder(tmp_path) -> Path:
+    """A folder on a read-only bind mount: writes fail with EROFS even for root (a chmod does not stop root).
+    Its content (a file ``kept.txt``) stays readable. Skipped with the reason where mounting is not allowed."""
+    source, folder = tmp_path / "ro-source", tmp_path / "read-only"
+    source.mkdir()
+    folder.mkdir()
+    (source / "kept.txt").write_text("kept\n")
+    reason = _mount("mount", "--bind", str(source), str(folder))
+    if reason:
+        pytest.skip(f"cannot bind-mount a read-only folder (needs root): {reason}")
+    reason = _mount("mount", "-o", "remount,ro,bind", str(folder))
+    if reason:
+        _mount("umount", "-l", str(folder))
+        pytest.skip(f"cannot remount read-only: {reason}")
+    yield folder
+    _mount("umount", "-l", str(folder))

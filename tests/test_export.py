@@ -161,3 +161,22 @@ def test_bad_format_exits_2_with_one_line_and_missing_checkpoint_is_one_message(
                            config_name="export"))
     assert ckpt.read_bytes() == b"the user's checkpoint"
     assert not out.exists() and not (tmp_path / "t.onnx.json").exists()
+
+
+@pytest.mark.parametrize("where", ["proc", "folder", "sidecar folder", "read-only"])
+def test_an_out_that_cannot_be_written_is_refused_before_the_model_is_read(where, tmp_path, cache_dir, request):
+    if where == "proc":
+        out, expected = Path("/proc/tagger.onnx"), "the folder /proc "
+    elif where == "folder":
+        out, expected = tmp_path / "tagger.onnx", "is a folder: name a file"
+        out.mkdir()
+    elif where == "sidecar folder":
+        out, expected = tmp_path / "tagger.onnx", r"\.json' is a folder: name a file"
+        (tmp_path / "tagger.onnx.json").mkdir()
+    else:
+        out, expected = request.getfixturevalue("read_only_folder") / "tagger.onnx", "is on a read-only file system"
+    cfg = compose_cfg([f"ckpt_path={tmp_path}/missing.ckpt", f"out={out}"], tmp_path / "run", cache_dir,
+                      config_name="export")
+    with pytest.raises(TagrankError, match=rf"^out='{out}.*{expected}"):
+        export(cfg)
+    assert not list(tmp_path.glob("**/.tagger.onnx.*"))

@@ -210,3 +210,36 @@ def test_stop_true_ends_each_list_where_the_scorer_s_rule_does(tmp_path_factory,
     assert any(len(tags) < 10 for tags in kept.values())  # the rule ended lists (top_k would give 10)
     assert f"up to 10 tags, the tags of softmax probability >= {threshold:.4g}, chosen on the validation split" in \
         capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["proc", "folder", "under a file", "read-only"])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(where, tmp_path, cache_dir, request):
+    """Checked before the checkpoint is even read (here it does not exist: that error would come first)."""
+    if where == "proc":
+        out, expected = Path("/proc/preds.jsonl"), "the folder /proc "
+    elif where == "folder":
+        out, expected = tmp_path / "preds.jsonl", "is a folder: name a file"
+        out.mkdir()
+    elif where == "under a file":
+        (tmp_path / "file").write_text("the user's file")
+        out, expected = tmp_path / "file" / "preds.jsonl", "is a file, so the folder"
+    else:
+        out, expected = request.getfixturevalue("read_only_folder") / "preds.jsonl", "is on a read-only file system"
+    cfg = predict_cfg(tmp_path, cache_dir, f"ckpt_path={tmp_path}/missing.ckpt", f"images={tmp_path}", f"out={out}")
+    with pytest.raises(TagrankError, match=rf"^out='{out}'.*{expected}") as err:
+        predict(cfg)
+    assert "\n" not in str(err.value)
+    if where == "under a file":
+        assert (tmp_path / "file").read_text() == "the user's file"
+    assert not list(tmp_path.glob("**/.preds.jsonl.*"))
+
+
+@needs_shared("coco-mini")
+def test_console_script_refuses_an_unwritable_out_with_one_line(coco_run, tmp_path, cli_env):
+    run, _ = coco_run
+    proc = subprocess.run([sys.executable, "-m", "tagrank.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
+                           f"images={TEST_PHOTOS}", "out=/proc/preds.jsonl", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, env=cli_env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("tagrank: error: out='/proc/preds.jsonl': the folder /proc ")
+    assert "Traceback" not in proc.stderr and "photos tagged" not in proc.stdout

@@ -75,7 +75,7 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
     pixels = dm.pixels if dm.pixels is not None and dm.pixels.image_size == image_size else None
     all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform, pixels=pixels)
     features = informative(extract(backbone, all_rows, batch_size, num_workers), backbone_name, image_size)
-    cache.write(path, lambda tmp: torch.save({"images": images, "sha256": contents, "features": features}, tmp),
+    cache.write(path, cache.torch_saver({"images": images, "sha256": contents, "features": features}),
                 count=len(features), unit="rows")
     log.info("features: cached %s %s", tuple(features.shape), path)
     return features

@@ -102,8 +102,8 @@ def content_digest(paths: Sequence[Path], cache_dir: Path) -> str:
             raise TagrankError(f"{path}: cannot read image ({err.strerror})") from err
     try:
         cache.write_text(memo, h.hexdigest(), count=len(paths), unit="images")
-    except OSError as err:  # a read-only cache (shared, precomputed) still serves what it holds
-        log.info("could not keep the images' digest in %s (%s); they are read again next time", memo, err.strerror)
+    except cache.CannotWrite as err:  # a read-only cache (shared, precomputed) still serves what it holds
+        log.info("could not keep the images' digest (%s); they are read again next time", err)
     return h.hexdigest()
 
 
@@ -151,8 +151,17 @@ def _read_header(path: Path) -> dict:
 @contextmanager
 def _exclusive(path: Path):
     """Hold ``<path>.lock``: a second process building the same cache waits, then finds it built."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(path.name + ".lock"), "w")
+    except OSError as err:
+        if err.errno not in cache.FOLDER_FAULTS:
+            raise
+        # A read-only cache (shared, precomputed) still serves what it holds; nobody else can be building
+        # it, and a build that is needed fails on its first write with one line naming the folder.
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

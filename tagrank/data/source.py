@@ -70,25 +70,27 @@ def ensure_built(source: Source, cache_dir: Path) -> Path:
         except cache.Unverified as err:
             if (target / MANIFEST).exists() or cache.check_path(target / MANIFEST).exists():
                 log.warning("dataset cache %s; rebuilding the dataset from its source", err)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.make_temp_folder(cache_dir, target.name)
-    try:
-        records = source.build(tmp)
-        if not records:
-            raise TagrankError(f"data source {source.name!r} produced no records (check data.root and its contents)")
-        write_manifest(records, tmp / MANIFEST)
-        (tmp / "source.json").write_text(json.dumps({"source": type(source).__name__, **asdict(source)}, indent=1, default=str))
-        if verified(target):
-            return target  # another process (a SLURM array, parallel trials) finished the same build first
-        if target.exists():  # damaged, or half-built by an older version: set aside, never reused
-            target.rename(tmp.with_suffix(".old"))
+    # A full or read-only cache folder is one line naming it (CannotWrite), with the half-built folder gone.
+    with cache.writing(target, cache.CACHE_HINT):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.make_temp_folder(cache_dir, target.name)
         try:
-            tmp.rename(target)
-        except OSError:  # lost the race to another process's rename: use its (identical) folder
-            if not verified(target):
-                raise
-    finally:
-        for leftover in (tmp, tmp.with_suffix(".old")):
-            if leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
+            records = source.build(tmp)
+            if not records:
+                raise TagrankError(f"data source {source.name!r} produced no records (check data.root and its contents)")
+            write_manifest(records, tmp / MANIFEST)
+            (tmp / "source.json").write_text(json.dumps({"source": type(source).__name__, **asdict(source)}, indent=1, default=str))
+            if verified(target):
+                return target  # another process (a SLURM array, parallel trials) finished the same build first
+            if target.exists():  # damaged, or half-built by an older version: set aside, never reused
+                target.rename(tmp.with_suffix(".old"))
+            try:
+                tmp.rename(target)
+            except OSError:  # lost the race to another process's rename: use its (identical) folder
+                if not verified(target):
+                    raise
+        finally:
+            for leftover in (tmp, tmp.with_suffix(".old")):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
     return target
