@@ -299,7 +299,7 @@ class PredictionTable(Callback):
         if logger is None or trainer.sanity_checking or dm is None or self.num_images <= 0:
             return
         import wandb
-        from PIL import Image
+        from tagrank.data.images import load_image
         from torch.utils.data import default_collate
 
         dataset = dm.dataset("val")
@@ -312,10 +312,9 @@ class PredictionTable(Callback):
         rows = []
         for item, pred in zip(items, preds):
             row = int(item["index"])
-            with Image.open(dm.paths[row]) as im:
-                im = im.convert("RGB")
-                im.thumbnail((self.thumbnail, self.thumbnail))
-                image = wandb.Image(im, caption=dm.records[row].image)
+            im = load_image(dm.paths[row])  # upright, as trained on
+            im.thumbnail((self.thumbnail, self.thumbnail))
+            image = wandb.Image(im, caption=dm.records[row].image)
             truth = dm.vocab.decode(dm.vocab.encode(dm.records[row].tags))
             rows.append([image, ", ".join(truth), ", ".join(dm.vocab.decode(pred))])
         logger.log_table("val/predictions", columns=["image", "truth", "predicted"], data=rows,

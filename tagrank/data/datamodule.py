@@ -20,12 +20,10 @@ import numpy as np
 
 import torch
 from lightning import LightningDataModule
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from tagrank.data import cache
-from tagrank.data.convert import IMAGE_ERRORS
-from tagrank.data.images import DecodedImages, ImageTransform, cached_images
+from tagrank.data.images import DecodedImages, ImageTransform, cached_images, load_image  # noqa: F401 (its home before)
 from tagrank.data.records import MANIFEST, SPLITS, VOCAB, Record, Vocabulary, read_manifest
 from tagrank.data.samplers import EvalSampler, ShuffleSampler, trained_batches
 from tagrank.data.source import Source, ensure_built
@@ -41,14 +39,6 @@ TrainOrder = Literal["human", "frequency", "rare_first", "random"]
 def image_transform(image_size: int, mean: tuple, std: tuple) -> ImageTransform:
     """Square resize (no crop: a tag may name an object at the border), then normalise."""
     return ImageTransform(image_size, mean, std)
-
-
-def load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except IMAGE_ERRORS as err:
-        raise TagrankError(f"{path}: cannot read image ({err})") from err
 
 
 class RankedTagDataset(Dataset):

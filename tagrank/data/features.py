@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule, RankedTagDataset
-from tagrank.data.images import content_digest, progress
+from tagrank.data.images import DECODING, content_digest, progress
 from tagrank.errors import TagrankError
 from tagrank.models.backbones import backbone_input
 
@@ -59,7 +59,7 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
         try:
             data, rows = cache.read(path)
             cached = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            if cached["images"] == images and cached.get("sha256") == contents:
+            if cached["images"] == images and cached.get("sha256") == contents and cached.get("decoding") == DECODING:
                 cache.check_count(path, rows, len(cached["features"]))
                 log.info("features: reusing %s", path)
                 reused = cached["features"]
@@ -75,7 +75,8 @@ def cached_features(dm: RankedTagDataModule, backbone: nn.Module, backbone_name:
     pixels = dm.pixels if dm.pixels is not None and dm.pixels.image_size == image_size else None
     all_rows = RankedTagDataset(list(range(len(dm.records))), dm.targets, dm.paths, None, transform, pixels=pixels)
     features = informative(extract(backbone, all_rows, batch_size, num_workers), backbone_name, image_size)
-    cache.write(path, cache.torch_saver({"images": images, "sha256": contents, "features": features}),
+    cache.write(path, lambda tmp: torch.save({"images": images, "sha256": contents, "decoding": DECODING,
+                                              "features": features}, tmp),
                 count=len(features), unit="rows")
     log.info("features: cached %s %s", tuple(features.shape), path)
     return features

@@ -29,15 +29,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from tagrank.data import cache
+from tagrank.data.convert import IMAGE_ERRORS
 from tagrank.errors import TagrankError
 
 log = logging.getLogger(__name__)
 
 HEADER_BYTES = 4096  # a JSON header, padded: the pixels start page-aligned
+
+# How :func:`load_image` decodes, recorded in the decoded-image and feature caches: a cache made by
+# another decoding (before the EXIF orientation was applied) is rebuilt, not reused.
+DECODING = "RGB, EXIF orientation applied"
+
+
+def load_image(path: Path) -> Image.Image:
+    """The photo at ``path`` as RGB, turned upright by its EXIF orientation (``ImageOps.exif_transpose``):
+    a phone stores a portrait photo sideways with a tag saying so, and every viewer (and so every
+    annotator) sees it upright. The one place images are decoded (training, caches, predict, reports)."""
+    try:
+        with Image.open(path) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except IMAGE_ERRORS as err:
+        raise TagrankError(f"{path}: cannot read image ({err})") from err
 
 
 def progress(items: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "img") -> tqdm:
@@ -136,7 +153,7 @@ class DecodedImages:
 
 def _header(paths: Sequence[Path], image_size: int, cache_dir: Path) -> dict:
     return {"format": "tagrank decoded images, uint8 [N, 3, S, S]", "images": len(paths), "size": image_size,
-            "sha256": content_digest(paths, cache_dir)}
+            "decoding": DECODING, "sha256": content_digest(paths, cache_dir)}
 
 
 def _read_header(path: Path) -> dict:

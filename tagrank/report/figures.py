@@ -81,7 +81,7 @@ def plot_examples(examples: list[Example], path: Path, columns: int = 4, title: 
     long as the ground truth, at most 5 tags); a predicted tag is green if it is in the ground truth, red
     if not."""
     plt = _pyplot()
-    from PIL import Image
+    from tagrank.data.images import load_image
 
     if not examples:
         raise TagrankError("no example images to plot")
@@ -93,8 +93,7 @@ def plot_examples(examples: list[Example], path: Path, columns: int = 4, title: 
                             left=0.01, right=0.99, top=0.95 if title else 0.99, bottom=0.01)
     for i, ex in enumerate(examples):
         ax = fig.add_subplot(grid[i // columns, i % columns])
-        with Image.open(ex.image) as im:
-            ax.imshow(im.convert("RGB"))
+        ax.imshow(load_image(Path(ex.image)))  # upright, as the model saw it
         # The axes keep the whole cell whatever the image's shape (a portrait photo is centred in it),
         # so the text columns below have the same width under every image and do not overlap.
         ax.set_adjustable("datalim")
