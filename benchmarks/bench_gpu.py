@@ -1,9 +1,11 @@
 """``make bench-gpu``: fine-tuning throughput on one CUDA GPU, and whether the loader keeps it fed.
 
     .venv/bin/python benchmarks/bench_gpu.py [--json results/bench_gpu.json]     # under 5 minutes
-    .venv/bin/python benchmarks/bench_gpu.py --device cpu --quick               # a smoke run of this script
+    .venv/bin/python benchmarks/bench_gpu.py --device cpu --quick --dtype float32   # a smoke run of this script
 
-Where no CUDA device is visible it prints one line and exits 0 (unless ``--device cpu``). Figures:
+Where no CUDA device is visible it prints one line and exits 0 (unless ``--device cpu``). ``--dtype bf16``
+(the default) on a CPU without bf16 kernels (oneDNN's need AVX-512; AVX2-only CPUs emulate bf16 at a
+hundredth of the speed, which makes the figures meaningless) prints one line and exits 2. Figures:
 
 - ``loader-<S>px``: images/s the training loader delivers on its own, as ``trainer=gpu`` sets it up
   (the decoded-image cache, uint8 batches, ``data.num_workers`` workers, pinned memory), copied to the
@@ -36,6 +38,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 # Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s), by a word of the device name.
+DTYPES = {"bf16": torch.bfloat16, "float32": torch.float32}
+DTYPES_SHOWN = {v: k for k, v in DTYPES.items()}
 DATASHEET_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
                   "4090": 165e12, "3090": 71e12}
 
@@ -56,23 +60,28 @@ def median_rate(fn, items: int, repeats: int, device: torch.device) -> float:
     return statistics.median(rates)
 
 
-def peak_flops(device: torch.device) -> tuple[float, str]:
-    """The dense bf16 peak: the datasheet's for a known GPU, else a large bf16 matrix product's rate."""
-    if device.type == "cuda":
+def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> tuple[float, str]:
+    """The dense peak: the datasheet's bf16 one for a known GPU, else a large matrix product's rate."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
         name = torch.cuda.get_device_name(device)
         for key, peak in DATASHEET_BF16.items():
             if key in name:
                 return peak, f"{name} datasheet"
     n = 8192 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a = torch.randn(n, n, device=device, dtype=dtype)
     a @ a
     rate = median_rate(lambda: [a @ a for _ in range(5)], 5 * 2 * n ** 3, 3, device)
-    return rate, f"measured {n}x{n} bf16 matmul on {device.type}"
+    return rate, f"measured {n}x{n} {DTYPES_SHOWN[dtype]} matmul on {device.type}"
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast, or nothing for float32 (autocast to float32 is refused on a CPU)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def step_figures(name: str, size: int, batch: int, device: torch.device, steps: int, peak: float,
-                 repeats: int = 3) -> dict:
-    """Images/s of fine-tuning steps on a device-resident batch, and the backbone's share of the bf16 peak."""
+                 repeats: int = 3, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Images/s of fine-tuning steps on a device-resident batch, and the backbone's share of the peak."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from tagrank.models.backbones import backbone_input
@@ -90,7 +99,7 @@ def step_figures(name: str, size: int, batch: int, device: torch.device, steps: 
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with autocast(device, dtype):
             loss = model.loss(batch_dict)
         loss.backward()
         optimizer.step()
@@ -102,7 +111,7 @@ def step_figures(name: str, size: int, batch: int, device: torch.device, steps: 
     # each as costly as the forward): flop_counter's own backward count ignores groups, so it is
     # tens of times too high for the depthwise convolutions of EfficientNet.
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+    with counter, torch.no_grad(), autocast(device, dtype):
         model.backbone(backbone_input(model.backbone, batch_dict["image"]))
     per_image = 3 * counter.get_total_flops() / batch
     return {"value": round(rate, 1), "unit": "images/s", "flops_per_image": per_image,
@@ -138,7 +147,8 @@ def loader_rate(dm, size: int, device: torch.device, batches: int, batch: int, r
     return median_rate(run, batches * batch, repeats, device)
 
 
-def end_to_end(dm, device: torch.device, size: int, batch: int, steps: int, repeats: int = 3) -> float:
+def end_to_end(dm, device: torch.device, size: int, batch: int, steps: int, repeats: int = 3,
+               dtype: torch.dtype = torch.bfloat16) -> float:
     """The EfficientNet-Lite0 fine-tuning step fed by the loader."""
     from torch.utils.data import DataLoader
 
@@ -164,7 +174,7 @@ def end_to_end(dm, device: torch.device, size: int, batch: int, steps: int, repe
                 b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
                 b["image"] = b["image"].contiguous(memory_format=torch.channels_last)
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16):
+                with autocast(device, dtype):
                     loss = model.loss(b)
                 loss.backward()
                 optimizer.step()
@@ -192,12 +202,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke run of the script)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few steps: checks that everything runs")
+    p.add_argument("--dtype", default="bf16", choices=list(DTYPES),
+                   help="bf16 autocast (default, as trainer=gpu trains) or float32")
     p.add_argument("--json", default=str(ROOT / "results" / "bench_gpu.json"))
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("bench-gpu: skipped: no CUDA device is visible (benchmarks/bench_gpu.py --device cpu --quick runs it on the CPU)")
         return 0
-    device = torch.device(a.device)
+    device, dtype = torch.device(a.device), DTYPES[a.dtype]
+    if device.type == "cpu" and dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("bench-gpu: error: this CPU has no bf16 kernels (oneDNN's need AVX-512): bf16 would be emulated and its "
+              "figures meaningless; use --dtype float32 on it", file=sys.stderr)
+        return 2
     workers = 4 if not a.quick else 0  # conf/trainer/gpu.yaml's data.num_workers
     repeats = 1 if a.quick else 3
     configs = ([("efficientnet_lite0", 32, 2), ("vgg16", 32, 2)] if a.quick else
@@ -206,8 +222,8 @@ def main() -> int:
     steps = 1 if a.quick else 10
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"bench-gpu on {where}, torch {torch.__version__}; loader: {workers} workers, {os.cpu_count()} CPUs", flush=True)
-    peak, source = peak_flops(device)
-    print(f"bf16 peak {peak / 1e12:.1f} TFLOP/s ({source})", flush=True)
+    peak, source = peak_flops(device, dtype)
+    print(f"{a.dtype} peak {peak / 1e12:.1f} TFLOP/s ({source})", flush=True)
     results: dict[str, dict] = {}
     dm = data_module(a.quick, workers)
     for size in ((32,) if a.quick else (128, 224)):
@@ -216,14 +232,14 @@ def main() -> int:
         print(f"loader-{size}px: {rate:.4g} images/s (decoded-image cache, uint8, pinned, normalised on the device)", flush=True)
     for name, size, batch in configs:
         start = time.perf_counter()
-        f = step_figures(name, size, batch, device, steps, peak, repeats)
+        f = step_figures(name, size, batch, device, steps, peak, repeats, dtype)
         f["seconds"] = round(time.perf_counter() - start, 1)
         key = f"{name}-{size}px-b{batch}"
         results[key] = f
         print(f"{key}: {f['value']:.4g} images/s fine-tuning; backbone {f['flops_per_image'] / 1e9:.2f} GFLOP an image "
-              f"(forward + backward): {100 * f['peak_fraction']:.1f}% of the bf16 peak", flush=True)
+              f"(forward + backward): {100 * f['peak_fraction']:.1f}% of the {a.dtype} peak", flush=True)
     size, batch = (32, 2) if a.quick else (128, 128)
-    e2e = end_to_end(dm, device, size, batch, steps=1 if a.quick else 10, repeats=repeats)
+    e2e = end_to_end(dm, device, size, batch, steps=1 if a.quick else 10, repeats=repeats, dtype=dtype)
     step_key = f"efficientnet_lite0-{size}px-b{batch}"
     results["end-to-end"] = {"value": round(e2e, 1), "unit": "images/s", "baseline": results[step_key]["value"],
                              "ratio": round(e2e / results[step_key]["value"], 3)}
@@ -231,7 +247,7 @@ def main() -> int:
           "step on a device-resident batch", flush=True)
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": where, "peak_bf16": peak, "peak_source": source, **results}, indent=1) + "\n")
+    out.write_text(json.dumps({"device": where, "dtype": a.dtype, f"peak_{a.dtype}": peak, "peak_source": source, **results}, indent=1) + "\n")
     print(f"written {out}")
     return 0
 

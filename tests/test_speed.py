@@ -184,9 +184,13 @@ def test_folded_conv_bn_is_conv_then_batchnorm(kernel, stride, groups, size):
 
 def test_gpu_benchmark_runs_in_its_cpu_smoke_mode(tmp_path):
     out = tmp_path / "bench_gpu.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TAGRANK_CACHE": str(tmp_path / "cache")})
+
+    def bench(dtype: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick",
+                               "--dtype", dtype, "--json", str(out)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "TAGRANK_CACHE": str(tmp_path / "cache")})
+
+    proc = bench("float32")
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
     for name in ("loader-32px", "efficientnet_lite0-32px-b2", "vgg16-32px-b2", "end-to-end"):
@@ -194,7 +198,35 @@ def test_gpu_benchmark_runs_in_its_cpu_smoke_mode(tmp_path):
     assert 0 < figures["vgg16-32px-b2"]["peak_fraction"] < 1
     # VGG16 costs ~40 times EfficientNet-Lite0 per image (15.5 against 0.39 GMAC forward at 224 px)
     assert 20 < figures["vgg16-32px-b2"]["flops_per_image"] / figures["efficientnet_lite0-32px-b2"]["flops_per_image"] < 60
-    assert "of the bf16 peak" in proc.stdout and "end-to-end" in proc.stdout
+    assert "of the float32 peak" in proc.stdout and "end-to-end" in proc.stdout
+    # bf16: runs where the CPU has bf16 kernels (AVX-512), else one clear line and exit 2
+    out.unlink()
+    proc = bench("bf16")
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "of the bf16 peak" in proc.stdout and json.loads(out.read_text())["end-to-end"]["value"] > 0
+    else:
+        assert proc.returncode == 2 and "no bf16 kernels" in proc.stderr and "--dtype float32" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_conv_bn_under_bf16_autocast_gives_float32_gradients_close_to_float64():
+    """The depthwise path's own backward under CPU autocast (bench_gpu's and trainer precision=bf16's case)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 5, 1, 2, groups=6, bias=False)
+    bn = nn.BatchNorm2d(6).eval()
+    x = torch.randn(2, 6, 9, 9)
+    ref = bn.double()(conv.double()(x.double()))
+    ref_grads = torch.autograd.grad(ref.sum(), [conv.weight, bn.weight])
+    conv, bn = conv.float(), bn.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv_bn(conv, bn, x.bfloat16().requires_grad_())
+    grads = torch.autograd.grad(out.float().sum(), [conv.weight, bn.weight])
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), ref, rtol=0.05, atol=0.05)  # bf16 keeps 8 bits of mantissa
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, rtol=0.05, atol=0.05 * b.abs().max().item())
 
 
 def test_bench_writes_each_figure_with_its_baseline_and_ratio(tmp_path):

@@ -107,7 +107,12 @@ def test_staged_finetuning_unfreezes_the_backbone_and_tests_it(tmp_path, cache_d
     assert bool(torch.load(tmp_path / "checkpoints/best.ckpt", weights_only=True)["state_dict"]["backbone_finetuned"])
     trained = json.loads((tmp_path / "metrics.json").read_text())
     again, _ = _eval_cli(tmp_path, cfg, tmp_path / "eval")
-    assert again["metrics"] == trained["metrics"]
+    # The ranked lists give exact metrics; the loss is a float32 sum whose order depends on the kernels
+    # the CPU picks (AVX2, AVX-512, default): 1e-7 apart seen, while another backbone is far more than 1e-5.
+    losses = {k for k in trained["metrics"] if "loss" in k}
+    assert {k: v for k, v in again["metrics"].items() if k not in losses} == \
+        {k: v for k, v in trained["metrics"].items() if k not in losses}
+    assert {k: again["metrics"][k] for k in losses} == pytest.approx({k: trained["metrics"][k] for k in losses}, rel=1e-5)
 
 
 def test_run_resumed_just_before_the_switch_fine_tunes_as_if_never_stopped(tmp_path, cache_dir, caplog):

@@ -85,6 +85,12 @@ class _DepthwiseConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # As autocast does for conv2d: one dtype for all three, saved as such, since the backward runs
+            # outside autocast and the library's convolution backward refuses mixed dtypes (a bf16 input
+            # against a float32 weight). Autograd casts the gradients back to each input's own dtype.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding = stride, padding
         return nn.functional.conv2d(x, weight, bias, stride, padding, 1, x.shape[1])
