@@ -161,3 +161,20 @@ def test_bad_format_exits_2_with_one_line_and_missing_checkpoint_is_one_message(
                            config_name="export"))
     assert ckpt.read_bytes() == b"the user's checkpoint"
     assert not out.exists() and not (tmp_path / "t.onnx.json").exists()
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_larger_backbones_export_and_predict_the_same(backbone, tmp_path):
+    """The scorer on each newer backbone (random weights: the maths is what is checked) exports to both
+    formats and the files give PyTorch's tags and scores."""
+    torch.manual_seed(0)
+    model = ListwiseScorer(NUM_TAGS, backbone=backbone, top_k=TOP_K).eval()
+    tags = [f"tag{i}" for i in range(NUM_TAGS)]
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want_ids, want_scores = model.scored_rank({"image": images, "target": unknown_targets(images)})
+    for fmt in ("torchscript", "onnx"):
+        export_tagger(Tagger(model, tags, 64, tmp_path / "untrained.ckpt"), fmt, tmp_path / f"tagger.{fmt}")
+        ids, scores = run_exported(tmp_path / f"tagger.{fmt}", fmt, images)
+        assert np.array_equal(ids, want_ids.numpy()), fmt
+        np.testing.assert_allclose(scores, want_scores.numpy(), atol=1e-4, err_msg=fmt)
