@@ -18,6 +18,7 @@ from tagrank.data.datamodule import image_transform, load_image
 from tagrank.errors import TagrankError
 from tagrank.export import export, export_tagger
 from tagrank.models.frequency import FrequencyPrior
+from tagrank.models.label_query import LabelQueryDecoder
 from tagrank.models.lstm import LSTMTagger
 from tagrank.models.naive_rnn import NaiveRNN
 from tagrank.models.scorer import ListwiseScorer
@@ -57,6 +58,8 @@ def untrained(method: str) -> torch.nn.Module:
         return NaiveRNN(NUM_TAGS, top_k=TOP_K, beam_width=3)
     if method == "scorer":
         return ListwiseScorer(NUM_TAGS, top_k=TOP_K)
+    if method == "label_query":
+        return LabelQueryDecoder(NUM_TAGS, top_k=TOP_K, grid=2, layers=2)
     if method == "naive_rnn_ending":  # a captioning decoder whose lists all end at once: all -1, scores 0
         model = NaiveRNN(NUM_TAGS, top_k=TOP_K, decoding="captioning")
         with torch.no_grad():
@@ -76,6 +79,7 @@ SLOW = pytest.mark.slow
     ("lstm", ["torchscript"]), ("naive_rnn_masked", ["torchscript"]), ("svm", ["torchscript"]),
     ("frequency", ["torchscript"]), ("naive_rnn_captioning", ["torchscript", "onnx"]),
     ("naive_rnn_ending", ["torchscript"]), ("lstm_beam", ["torchscript"]), ("scorer", ["torchscript"]),
+    ("label_query", ["torchscript"]),
     pytest.param("naive_rnn_beam", ["torchscript"], marks=SLOW), pytest.param("scorer", ["onnx"], marks=SLOW),
     pytest.param("naive_rnn_masked", ["onnx"], marks=SLOW), pytest.param("svm", ["onnx"], marks=SLOW),
     pytest.param("frequency", ["onnx"], marks=SLOW),
@@ -178,3 +182,20 @@ def test_larger_backbones_export_and_predict_the_same(backbone, tmp_path):
         ids, scores = run_exported(tmp_path / f"tagger.{fmt}", fmt, images)
         assert np.array_equal(ids, want_ids.numpy()), fmt
         np.testing.assert_allclose(scores, want_scores.numpy(), atol=1e-4, err_msg=fmt)
+
+
+def test_label_query_exports_to_onnx_where_its_map_pools_evenly(tmp_path):
+    """At 128 px a Lite map is 4x4: pooled to 2x2 it exports to ONNX (and gives PyTorch's tags); a 1x1
+    map (32 px) pooled to 2x2 cannot, and says so in one line."""
+    model = untrained("label_query").eval()
+    tags = [f"tag{i}" for i in range(NUM_TAGS)]
+    images = torch.randint(0, 256, (3, 3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want_ids, want_scores = model.scored_rank({"image": images, "target": unknown_targets(images)})
+    export_tagger(Tagger(model, tags, 128, tmp_path / "untrained.ckpt"), "onnx", tmp_path / "tagger.onnx")
+    ids, scores = run_exported(tmp_path / "tagger.onnx", "onnx", images)
+    assert np.array_equal(ids, want_ids.numpy())
+    np.testing.assert_allclose(scores, want_scores.numpy(), atol=1e-4)
+    with pytest.raises(TagrankError, match=r"1x1 feature map pooled to 2x2 \(model.grid\) does not export to ONNX"):
+        export_tagger(Tagger(model, tags, SIZE, tmp_path / "untrained.ckpt"), "onnx", tmp_path / "small.onnx")
+    assert not (tmp_path / "small.onnx").exists()

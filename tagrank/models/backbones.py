@@ -226,6 +226,15 @@ def backbone_input(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(backbone.mean), list(backbone.std))
 
 
+def backbone_output(backbone: nn.Module, images: torch.Tensor, grid: int | None = None) -> torch.Tensor:
+    """The pooled features [B, D] (``grid`` None), or the last feature map average-pooled to
+    [B, map_dim, grid, grid] (the native map where it already has that size), for a batch of images."""
+    x = backbone_input(backbone, images)
+    if grid is None:
+        return backbone(x)
+    return nn.functional.adaptive_avg_pool2d(backbone.feature_map(x), grid)
+
+
 def default_weights(name: str) -> str | None:
     """The weights file that ships with a pip package, for backbones that have one."""
     if name == "efficientnet_lite0":
