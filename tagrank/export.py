@@ -63,6 +63,9 @@ def tracing(model: RankedTagger):
     TorchScript-based tools (chosen above on purpose) and the TracerWarnings of the Python ints that the
     decoders turn into constants (the list length; the batch size stays free and is tested)."""
     model._jit_is_scripting = True
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # Attention's fused inference kernel (_native_multi_head_attention) has no ONNX form: plain ops instead.
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -75,6 +78,7 @@ def tracing(model: RankedTagger):
             yield
     finally:
         model._jit_is_scripting = False
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def example_images(image_size: int, batch: int = 2) -> torch.Tensor:
@@ -92,6 +96,13 @@ def export_tagger(tagger: Tagger, fmt: str, out: Path) -> Path:
                            "not export to ONNX; use format=torchscript")
     wrapper = ExportedTagger(model).eval().requires_grad_(False)  # a file for inference: outputs need no graph
     images = example_images(tagger.image_size)
+    grid = getattr(model, "feature_grid", None)
+    if fmt == "onnx" and grid is not None:
+        with torch.no_grad():
+            cells = model.backbone.feature_map(images[:1].float()).shape[-1]
+        if cells % grid:  # the exporter turns adaptive pooling into a fixed AvgPool only for whole multiples
+            raise TagrankError(f"{tagger.checkpoint}: its {cells}x{cells} feature map pooled to {grid}x{grid} "
+                               "(model.grid) does not export to ONNX; use format=torchscript")
     with tracing(model):
         if fmt == "torchscript":
             traced = torch.jit.trace(wrapper, (images,), check_trace=False)

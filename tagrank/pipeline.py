@@ -100,7 +100,8 @@ def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModu
         return
     dm.use_images(transform if need_images else None, deferred=True)  # StagedFinetuning starts them
     features = cached_features(dm, bb, cfg.backbone.name, state_digest(bb), cfg.backbone.image_size, transform,
-                               batch_size=cfg.backbone.feature_batch_size, num_workers=dm.num_workers)
+                               batch_size=cfg.backbone.feature_batch_size, num_workers=dm.num_workers,
+                               grid=getattr(model, "feature_grid", None))
     dm.use_features(features)
 
 

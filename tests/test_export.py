@@ -18,6 +18,7 @@ from tagrank.data.datamodule import image_transform, load_image
 from tagrank.errors import TagrankError
 from tagrank.export import export, export_tagger
 from tagrank.models.frequency import FrequencyPrior
+from tagrank.models.label_query import LabelQueryDecoder
 from tagrank.models.lstm import LSTMTagger
 from tagrank.models.naive_rnn import NaiveRNN
 from tagrank.models.scorer import ListwiseScorer
@@ -57,6 +58,8 @@ def untrained(method: str) -> torch.nn.Module:
         return NaiveRNN(NUM_TAGS, top_k=TOP_K, beam_width=3)
     if method == "scorer":
         return ListwiseScorer(NUM_TAGS, top_k=TOP_K)
+    if method == "label_query":
+        return LabelQueryDecoder(NUM_TAGS, top_k=TOP_K, grid=2, layers=2)
     if method == "naive_rnn_ending":  # a captioning decoder whose lists all end at once: all -1, scores 0
         model = NaiveRNN(NUM_TAGS, top_k=TOP_K, decoding="captioning")
         with torch.no_grad():
@@ -76,6 +79,7 @@ SLOW = pytest.mark.slow
     ("lstm", ["torchscript"]), ("naive_rnn_masked", ["torchscript"]), ("svm", ["torchscript"]),
     ("frequency", ["torchscript"]), ("naive_rnn_captioning", ["torchscript", "onnx"]),
     ("naive_rnn_ending", ["torchscript"]), ("lstm_beam", ["torchscript"]), ("scorer", ["torchscript"]),
+    ("label_query", ["torchscript"]),
     pytest.param("naive_rnn_beam", ["torchscript"], marks=SLOW), pytest.param("scorer", ["onnx"], marks=SLOW),
     pytest.param("naive_rnn_masked", ["onnx"], marks=SLOW), pytest.param("svm", ["onnx"], marks=SLOW),
     pytest.param("frequency", ["onnx"], marks=SLOW),
@@ -180,3 +184,37 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_model_is_read(where
     with pytest.raises(TagrankError, match=rf"^out='{out}.*{expected}"):
         export(cfg)
     assert not list(tmp_path.glob("**/.tagger.onnx.*"))
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_larger_backbones_export_and_predict_the_same(backbone, tmp_path):
+    """The scorer on each newer backbone (random weights: the maths is what is checked) exports to both
+    formats and the files give PyTorch's tags and scores."""
+    torch.manual_seed(0)
+    model = ListwiseScorer(NUM_TAGS, backbone=backbone, top_k=TOP_K).eval()
+    tags = [f"tag{i}" for i in range(NUM_TAGS)]
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want_ids, want_scores = model.scored_rank({"image": images, "target": unknown_targets(images)})
+    for fmt in ("torchscript", "onnx"):
+        export_tagger(Tagger(model, tags, 64, tmp_path / "untrained.ckpt"), fmt, tmp_path / f"tagger.{fmt}")
+        ids, scores = run_exported(tmp_path / f"tagger.{fmt}", fmt, images)
+        assert np.array_equal(ids, want_ids.numpy()), fmt
+        np.testing.assert_allclose(scores, want_scores.numpy(), atol=1e-4, err_msg=fmt)
+
+
+def test_label_query_exports_to_onnx_where_its_map_pools_evenly(tmp_path):
+    """At 128 px a Lite map is 4x4: pooled to 2x2 it exports to ONNX (and gives PyTorch's tags); a 1x1
+    map (32 px) pooled to 2x2 cannot, and says so in one line."""
+    model = untrained("label_query").eval()
+    tags = [f"tag{i}" for i in range(NUM_TAGS)]
+    images = torch.randint(0, 256, (3, 3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want_ids, want_scores = model.scored_rank({"image": images, "target": unknown_targets(images)})
+    export_tagger(Tagger(model, tags, 128, tmp_path / "untrained.ckpt"), "onnx", tmp_path / "tagger.onnx")
+    ids, scores = run_exported(tmp_path / "tagger.onnx", "onnx", images)
+    assert np.array_equal(ids, want_ids.numpy())
+    np.testing.assert_allclose(scores, want_scores.numpy(), atol=1e-4)
+    with pytest.raises(TagrankError, match=r"1x1 feature map pooled to 2x2 \(model.grid\) does not export to ONNX"):
+        export_tagger(Tagger(model, tags, SIZE, tmp_path / "untrained.ckpt"), "onnx", tmp_path / "small.onnx")
+    assert not (tmp_path / "small.onnx").exists()

@@ -135,3 +135,21 @@ def test_features_that_are_the_same_for_every_image_are_refused(tmp_path, backbo
     with pytest.raises(TagrankError, match=r"at backbone.image_size=64 gives every image the same features"):
         cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
     assert counter.images == 10  # the first build only
+
+
+def test_spatial_maps_are_cached_beside_the_pooled_features(tmp_path, backbone):
+    """A method that reads the map (model.grid) gets its own float16 cache file, under the same checks."""
+    dm = _dm(tmp_path)
+    tf = image_transform(64, backbone.mean, backbone.std)
+    digest = state_digest(backbone)
+    pooled = cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf)
+    maps = cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf, grid=2)  # 64 px: the native 2x2
+    path = feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 64, grid=2)
+    assert path != feature_cache_path(tmp_path, dm.name, "efficientnet_lite0", digest, 64) and path.is_file()
+    assert maps.shape == (10, 1280, 2, 2) and maps.dtype == torch.float16
+    torch.testing.assert_close(maps.float().mean((2, 3)), pooled, atol=2e-3, rtol=2e-3)  # the same map, pooled
+    stamp = path.stat().st_mtime_ns
+    assert torch.equal(cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf, grid=2), maps)
+    assert path.stat().st_mtime_ns == stamp  # reused, not recomputed
+    path.write_bytes(path.read_bytes()[:-10])  # damaged in place: rebuilt, the same maps
+    assert torch.equal(cached_features(dm, backbone, "efficientnet_lite0", digest, 64, tf, grid=2), maps)

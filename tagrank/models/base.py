@@ -25,7 +25,7 @@ from tagrank.callbacks import StagedFinetuning
 from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, Relevance, SetMetrics
-from tagrank.models.backbones import backbone_input, build_backbone
+from tagrank.models.backbones import backbone_input, backbone_output, build_backbone
 
 class RankedTagger(LightningModule):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: PositiveInt = 10,
@@ -123,14 +123,22 @@ class RankedTagger(LightningModule):
         if self.backbone_trainable:
             if "image" not in batch:
                 raise TagrankError("the backbone is being fine-tuned but the batch has no images")
-            return self.backbone(backbone_input(self.backbone, batch["image"]))
+            return self.encode(batch["image"])
         if self.is_finetuned:
             if "image" not in batch:
                 raise TagrankError("this model's backbone was fine-tuned: it needs images, not cached features")
         elif "features" in batch:
             return batch["features"]
         with torch.no_grad():
-            return self.backbone(backbone_input(self.backbone, batch["image"]))
+            return self.encode(batch["image"])
+
+    # What the method reads from the backbone: None, the pooled vector; g, the last feature map pooled
+    # to g x g cells (cached as float16; see tagrank.data.features).
+    feature_grid: int | None = None
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's output for a batch of images, in the form the method reads (``feature_grid``)."""
+        return backbone_output(self.backbone, images, self.feature_grid)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         # The ground-truth list lengths, read on the host before the batch goes to the device, so that a
