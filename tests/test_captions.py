@@ -228,3 +228,13 @@ def test_flickr8k_official_split_vocabulary_and_hand_checked_lists(tmp_path):
     assert got["2138487671_5b89104043.jpg"] == ["boy", "lake", "shirt", "water"]
     # "dog" twice in a caption counts once; road (2 captions) beats spot, street ties pavement, named first.
     assert got["1001773457_577c3a7d70.jpg"] == ["dog", "road", "spot", "street", "pavement"]
+
+
+def test_each_captions_list_kept_beside_the_merged_one(tmp_path):
+    folder = ensure_built(source(write_set(tmp_path / "set")), tmp_path / "cache")
+    lists = {r.image: r.lists for r in read_manifest(folder / MANIFEST)}
+    assert lists["a.jpg"] == [["man", "dog"], ["man", "dog"], ["dog"], ["man", "shirt"], ["man", "dog"]]
+    assert lists["b.jpg"] == [["dog", "hot dog"], ["hot dog", "man", "dog"]]
+    assert lists["e.jpg"] == [] and lists["sub/d.jpg"] == []  # one caption: no second list to compare with
+    raw = [json.loads(line) for line in (folder / MANIFEST).read_text().splitlines()]
+    assert all(("lists" in r) == (r["image"] in ("a.jpg", "b.jpg")) for r in raw)

@@ -99,6 +99,7 @@ class CaptionsSource(RawSource):
     vocabulary: str | None = None
 
     name = "captions"
+    version = 2  # 2: each caption's own list kept in the manifest's `lists` (leave one annotator out)
     layout = "a folder with Karpathy's dataset_<name>.json and images/"
 
     def path(self, value: str) -> Path:
@@ -170,7 +171,7 @@ class CaptionsSource(RawSource):
             if not tags:
                 problems.no_tags += 1
                 continue
-            records.append(Record(image, tags, split))
+            records.append(Record(image, tags, split, lists=[lst for lst in lists if lst] if len(lists) > 1 else []))
         if not n_listed:
             raise TagrankError(f"{path}: no 'images' list (expected Karpathy's layout: {{\"images\": [{{\"filename\", "
                                "\"split\", \"sentences\"}}, ...]}})")

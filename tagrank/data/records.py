@@ -34,16 +34,20 @@ class Record:
     image: str
     tags: list[str]
     split: str
+    # each annotator's own ranked list (captions: one a caption), kept for the leave-one-annotator-out
+    # protocol (tagrank.loo); empty where the source has one list per image
+    lists: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tags = unique_in_order(self.tags)
+        self.lists = [unique_in_order(lst) for lst in self.lists]
         if self.split not in SPLITS:
             raise TagrankError(f"record for {self.image!r}: split {self.split!r} is not one of {SPLITS}")
 
 
 def write_manifest(records: Sequence[Record], path: Path) -> None:
     """Write the manifest and its checksum file (``tagrank.data.cache``): a manifest is read only whole."""
-    text = "".join(json.dumps(asdict(r)) + "\n" for r in records)
+    text = "".join(json.dumps({k: v for k, v in asdict(r).items() if k != "lists" or v}) + "\n" for r in records)
     cache.write_text(Path(path), text, count=len(records))
 
 
@@ -64,10 +68,11 @@ def read_manifest(path: Path) -> list[Record]:
             continue
         try:
             raw = json.loads(line)
-            record = Record(image=str(raw["image"]), tags=[str(t) for t in raw["tags"]], split=str(raw["split"]))
+            record = Record(image=str(raw["image"]), tags=[str(t) for t in raw["tags"]], split=str(raw["split"]),
+                            lists=[[str(t) for t in lst] for lst in raw.get("lists", [])])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise TagrankError(
-                f"{path}:{line_no}: expected a JSON object with keys image, tags (a list) and split ({err!r})"
+                f"{path}:{line_no}: expected a JSON object with keys image, tags (a list), split and optionally lists (a list of lists) ({err!r})"
             ) from err
         except TagrankError as err:  # a bad split value
             raise TagrankError(f"{path}:{line_no}: {err}") from err
