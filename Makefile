@@ -27,6 +27,15 @@ browser: ## install Debian's chromium for the report.html test where root, apt-g
 	then echo "browser: installed $$($(CHROMIUM) --version 2>/dev/null)"; \
 	else echo "browser: apt-get could not install chromium (offline?); the browser test will skip"; fi
 
+# tests/test_slurm.py submits real jobs to a one-node SLURM cluster on this machine and skips, saying why,
+# where none answers. `make slurm` brings one up (root + apt-get install slurm and munge; state in .slurm/).
+.PHONY: slurm slurm-down
+slurm: ## a one-node SLURM cluster on this machine for launcher=slurm (root + apt-get; never fails: tests skip)
+	@scripts/slurm.sh up
+
+slurm-down: ## stop the daemons make slurm started (by their pid files in .slurm/run/)
+	@scripts/slurm.sh down
+
 test: browser ## the fast test suite (< 10 minutes on 2 CPU cores)
 	$(PYTEST) -q
 
