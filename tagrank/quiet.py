@@ -36,6 +36,11 @@ WARNINGS: list[tuple[str, type[Warning], str]] = [
     # saves and restores it (RankedTagDataModule.state_dict), which Lightning's check of the loader misses.
     (r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable",
      UserWarning, r"lightning\.pytorch\.loops\.training_epoch_loop"),
+    # Lightning sees `srun` on PATH (a machine with SLURM installed, such as `make slurm`'s) and suggests
+    # launching with it; a run started by hand there is meant to be local, and a cluster run of tagrank
+    # is launched by launcher=slurm (submitit's srun), where Lightning's SLURM environment is used.
+    (r"The `srun` command is available on your system but is not used", UserWarning,
+     r"lightning\.fabric\.plugins\.environments\.slurm"),
     # A resumed run's csv/ folder: "Previous log files ... will be deleted" is untrue here, as
     # pipeline.keep_previous_csv has kept the earlier sessions' metrics.csv as metrics-N.csv.
     (r"Experiment logs directory .* exists and is not empty", UserWarning, r"lightning\.fabric\.loggers\.csv_logs"),

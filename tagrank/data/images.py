@@ -119,7 +119,7 @@ def content_digest(paths: Sequence[Path], cache_dir: Path) -> str:
             raise TagrankError(f"{path}: cannot read image ({err.strerror})") from err
     try:
         cache.write_text(memo, h.hexdigest(), count=len(paths), unit="images")
-    except cache.CannotWrite as err:  # a read-only cache (shared, precomputed) still serves what it holds
+    except (cache.CannotWrite, OSError) as err:  # a read-only cache (shared, precomputed) still serves what it holds
         log.info("could not keep the images' digest (%s); they are read again next time", err)
     return h.hexdigest()
 
