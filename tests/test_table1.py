@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,15 @@ def test_a_failed_run_is_named(tmp_path):
         runs.load_runs(sweep)
     shutil.rmtree(sweep / "frozen/1")  # as the message says: the others aggregate
     assert len(runs.load_runs(sweep)) == len(list(sweep.glob("*/*/.hydra")))
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "predictions.jsonl"])
+def test_a_truncated_results_file_is_one_line_naming_it(name, tmp_path):
+    sweep = known_sweep(tmp_path)
+    path = sweep / "frozen/1" / name
+    path.write_text(path.read_text()[:25])  # cut short, as a run killed while writing leaves it
+    with pytest.raises(TagrankError, match=rf"^{re.escape(str(path))}: not a complete tagrank results file"):
+        runs.load_runs(sweep)
 
 
 def test_one_seed_a_method_is_said_in_the_header(tmp_path):

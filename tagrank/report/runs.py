@@ -33,9 +33,15 @@ class Run:
 
 def read_results(run_dir: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """``metrics.json``'s metrics and ``predictions.jsonl``'s records."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    with open(run_dir / "predictions.jsonl") as f:
-        predictions = [json.loads(line) for line in f if line.strip()]
+    path = run_dir / "metrics.json"
+    try:  # a run killed while writing (or a file edited by hand) is one line naming it, not a traceback
+        metrics = json.loads(path.read_text(encoding="utf-8-sig"))["metrics"]
+        path = run_dir / "predictions.jsonl"
+        with open(path, encoding="utf-8-sig") as f:
+            predictions = [json.loads(line) for line in f if line.strip()]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise TagrankError(f"{path}: not a complete tagrank results file ({type(err).__name__}: {err}); rerun this "
+                           "run, or remove its folder to aggregate without it") from err
     return metrics, predictions
 
 
