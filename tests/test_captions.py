@@ -238,3 +238,14 @@ def test_each_captions_list_kept_beside_the_merged_one(tmp_path):
     assert lists["e.jpg"] == [] and lists["sub/d.jpg"] == []  # one caption: no second list to compare with
     raw = [json.loads(line) for line in (folder / MANIFEST).read_text().splitlines()]
     assert all(("lists" in r) == (r["image"] in ("a.jpg", "b.jpg")) for r in raw)
+
+
+def test_files_saved_with_a_utf8_bom_read_as_without(tmp_path):
+    """Notepad saves UTF-8 with a byte-order mark: the vocabulary's first tag and the JSON must still read."""
+    vocabulary = VOCABULARY.split("\n", 1)[1]  # the first line a tag, where a BOM would stick to it
+    plain, _ = build(source(write_set(tmp_path / "plain", vocabulary=vocabulary)), tmp_path / "a")
+    root = write_set(tmp_path / "bom", vocabulary=vocabulary)
+    for name in ("vocabulary.txt", "dataset_test.json"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    with_bom, left = build(source(root, on_error="skip"), tmp_path / "b")
+    assert with_bom == plain and left["skipped_total"] == 0

@@ -26,7 +26,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # any case
 def read_boxes(path: Path, include_difficult: bool, problems: Problems) -> list[tuple[str, float]] | None:
     """``(class, box area)`` per line of a box file; None if a line is bad."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         problems("unreadable", str(path), f"cannot read ({err})")
         return None

@@ -51,7 +51,7 @@ def words_of(text: str) -> list[str]:
 def read_tag_forms(path: Path, problems: Problems) -> dict[tuple[str, ...], str]:
     """``{form as words: tag}`` from a vocabulary file (see the module docstring)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise TagrankError(f"data.vocabulary={path}: cannot read ({err})") from err
     forms: dict[tuple[str, ...], str] = {}

@@ -289,7 +289,7 @@ class _JsonReader:
 
     def __init__(self, path: Path, chunk: int = 1 << 22) -> None:
         self.path, self.chunk = path, chunk
-        self.f = open(path, encoding="utf-8")  # noqa: SIM115 (closed by json_items)
+        self.f = open(path, encoding="utf-8-sig")  # noqa: SIM115 (closed by json_items)
         self.buf, self.pos, self.eof = "", 0, False
         self.consumed_chars, self.consumed_lines = 0, 0
 

@@ -77,7 +77,7 @@ class LabelMeSource(RawSource):
             return None
         path = root / self.image_list
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
             return [(i, line.strip()) for i, line in enumerate(lines, start=1) if line.strip()]
         except (OSError, UnicodeDecodeError) as err:
             raise TagrankError(f"data.image_list={path}: cannot read ({err})") from err

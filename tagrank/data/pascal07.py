@@ -43,7 +43,7 @@ def read_tag_file(path: Path, known: set[str], problems: Problems) -> dict[str, 
     """``{image id: merged ranked tags}`` from a ``<id>\\t<tag> <tag> ...`` file."""
     lists: dict[str, list[list[str]]] = defaultdict(list)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise TagrankError(f"{path}: cannot read the tag file ({err})") from err
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -115,7 +115,7 @@ class Pascal07Source(RawSource):
         for path in sets:
             if not path.is_file():
                 continue
-            for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+            for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
                 image_id = line.strip()
                 if not image_id:
                     continue
