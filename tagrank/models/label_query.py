@@ -16,8 +16,8 @@ from torch import nn
 
 from tagrank.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from tagrank.metrics import Relevance
-from tagrank.models.base import Factor, StagedTagger, plackett_luce_nll
-from tagrank.models.scorer import Loss, listnet_loss
+from tagrank.models.base import Factor, StagedTagger
+from tagrank.models.scorer import Loss, listwise_loss, top_scored
 
 
 class LabelQueryDecoder(StagedTagger):
@@ -46,23 +46,15 @@ class LabelQueryDecoder(StagedTagger):
         return (out * self.read_out).sum(-1) + self.read_bias
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target = batch["target"]
-        scores = self(self.image_features(batch))
-        total = scores.new_zeros(())
-        if self.hparams.loss in ("plackett_luce", "both"):
-            total = total + plackett_luce_nll(scores[:, None].expand(-1, target.shape[1], -1), target)
-        if self.hparams.loss in ("listnet", "both"):
-            total = total + listnet_loss(scores, target, self.hparams.relevance)
-        return total / len(target)
+        return listwise_loss(self(self.image_features(batch)), batch["target"], self.hparams.loss,
+                             self.hparams.relevance)
 
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.scored_rank(batch)[0]
 
     def scored_rank(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The top_k tag ids [B, K], best first, and their softmax probabilities over all tags."""
-        scores = self(self.image_features(batch)).float()
-        ids = scores.topk(min(self.top_k, self.num_tags), dim=1).indices
-        return ids, scores.softmax(-1).gather(1, ids)
+        return top_scored(self(self.image_features(batch)), min(self.top_k, self.num_tags))
 
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The softmax probability of the tag over all tags."""

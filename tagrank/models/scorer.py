@@ -64,6 +64,26 @@ def best_threshold(probs: torch.Tensor, hits: torch.Tensor, truth: torch.Tensor)
     return best
 
 
+
+def listwise_loss(scores: torch.Tensor, target: torch.Tensor, loss: str, relevance: str) -> torch.Tensor:
+    """The batch's mean listwise loss of tag scores [B, V] against the ranked targets [B, T] (``loss``:
+    plackett_luce, listnet or both): shared by every method that scores each tag once."""
+    total = scores.new_zeros(())
+    if loss in ("plackett_luce", "both"):
+        total = total + plackett_luce_nll(scores[:, None].expand(-1, target.shape[1], -1), target)
+    if loss in ("listnet", "both"):
+        total = total + listnet_loss(scores, target, relevance)
+    return total / len(target)
+
+
+def top_scored(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top k tag ids [B, k], best first, and their softmax probabilities over all tags."""
+    scores = scores.float()
+    # ranked by score, not by probability: far apart scores underflow to equal probabilities (0)
+    ids = scores.topk(k, dim=1).indices
+    return ids, scores.softmax(-1).gather(1, ids)
+
+
 class ListwiseScorer(StagedTagger):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", hidden_size: PositiveInt = 512,
                  dropout: Fraction = 0.5, loss: Loss = "both", lr: PositiveFloat = 4e-4,
@@ -84,24 +104,15 @@ class ListwiseScorer(StagedTagger):
         return self.head(features)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target = batch["target"]
-        scores = self(self.image_features(batch))
-        total = scores.new_zeros(())
-        if self.hparams.loss in ("plackett_luce", "both"):
-            total = total + plackett_luce_nll(scores[:, None].expand(-1, target.shape[1], -1), target)
-        if self.hparams.loss in ("listnet", "both"):
-            total = total + listnet_loss(scores, target, self.hparams.relevance)
-        return total / len(target)
+        return listwise_loss(self(self.image_features(batch)), batch["target"], self.hparams.loss,
+                             self.hparams.relevance)
 
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.scored_rank(batch)[0]
 
     def scored_rank(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The top_k tag ids [B, K], best first, and their softmax probabilities over all tags."""
-        scores = self(self.image_features(batch)).float()
-        # ranked by score, not by probability: far apart scores underflow to equal probabilities (0)
-        ids = scores.topk(min(self.top_k, self.num_tags), dim=1).indices
-        return ids, scores.softmax(-1).gather(1, ids)
+        return top_scored(self(self.image_features(batch)), min(self.top_k, self.num_tags))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         batch = {**batch, "computed_features": self.image_features(batch)}  # one backbone pass for both
