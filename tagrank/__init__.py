@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-# The Hydra config tree at the repository root (the package is installed in editable mode).
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The Hydra config tree, shipped inside the package (tagrank/conf/), so a wheel installed anywhere has it.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def config_options(group: str) -> list[str]:
