@@ -357,7 +357,7 @@ def bench_memory(data: list[str], label: str) -> dict[str, dict]:
     its peak resident memory (``ru_maxrss``, which counts the pages of the memory-mapped image cache it
     touched) against the size of the two caches it reads."""
     out = Path(tempfile.mkdtemp(prefix="memory-", dir=RUNS_DIR))
-    cmd = [sys.executable, "-m", "tagrank.train", *data, "model.finetune_after_steps=50", "trainer.max_steps=100",
+    cmd = [sys.executable, "-m", "tagrank.cli.train", *data, "model.finetune_after_steps=50", "trainer.max_steps=100",
            "trainer.max_epochs=-1", "trainer.val_check_interval=50", "trainer.limit_val_batches=2",
            "trainer.check_val_every_n_epoch=null", "test=false", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={out}"]

@@ -163,7 +163,7 @@ class RunSettings(Callback):
     """Keep in every checkpoint the settings that decide what its run trains, besides the model's own
     hyperparameters (which Lightning keeps): ``data.*``, ``backbone.*`` and the seed, flat, under
     ``checkpoint["tagrank_settings"]``. A resume with other settings is refused with them named
-    (``tagrank.train.check_same_settings``) instead of training on with defaults the first command had
+    (``tagrank.cli.train.check_same_settings``) instead of training on with defaults the first command had
     overridden. Plain values: the checkpoint still loads with ``weights_only=True``.
     """
 

@@ -64,7 +64,7 @@ COCO = SHARED_DATA / "coco-mini"
 def train_on_coco_mini(tmp_path_factory, cache_dir: Path, kind: str, *overrides: str) -> tuple[Path, DictConfig]:
     """An LSTM trained for 4 steps on coco-mini's real photos (64 px), its best checkpoint tested
     (``predictions.jsonl``): ``kind`` "frozen" or "finetuned" (the backbone, as the overrides make it)."""
-    from tagrank.train import train
+    from tagrank.cli.train import train
 
     if not COCO.exists():
         pytest.skip(f"{COCO} is absent (../shared is beside the project root on developer and CI machines)")

@@ -21,7 +21,7 @@ from tagrank.models.naive_rnn import NaiveRNN
 from tagrank.models.svm import LinearSVM, Primal, hinge, presence
 from tagrank.models.svm_rank import RankSVM, grades, pairwise_hinge
 from tagrank.pipeline import attach_inputs, build_data, build_model, checkpoint_class
-from tagrank.train import train
+from tagrank.cli.train import train
 
 from .conftest import TINY, compose_cfg
 

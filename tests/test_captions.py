@@ -20,7 +20,7 @@ from tagrank.data.captions import CaptionsSource, words_of
 from tagrank.data.records import MANIFEST, read_manifest
 from tagrank.data.source import ensure_built
 from tagrank.errors import TagrankError
-from tagrank.prepare import prepare
+from tagrank.cli.data import prepare
 
 from .conftest import SHARED_DATA, compose_cfg, needs_shared
 
@@ -104,12 +104,12 @@ def test_flickr8k_preset_and_statistics(tmp_path, capsys):
     root = write_set(tmp_path / "set")
     (root / "dataset_test.json").rename(root / "dataset_flickr8k.json")
     cfg = compose_cfg(["data=flickr8k", f"data.root={root}", "data.min_tag_count=2", f"out={tmp_path / 'out'}"],
-                      tmp_path / "run", tmp_path / "cache", config_name="prepare")
+                      tmp_path / "run", tmp_path / "cache", config_name="data")
     stats = prepare(cfg)
     assert stats["images"] == {"train": 2, "val": 1, "test": 1}
     assert stats["vocab_after_filter"] == 1  # man, in both training photos
     assert "left out     1 without any tag; 0 bad records skipped" in capsys.readouterr().out
-    cfg = compose_cfg(["data=captions", f"data.root={root}"], tmp_path / "run", tmp_path / "cache", config_name="prepare")
+    cfg = compose_cfg(["data=captions", f"data.root={root}"], tmp_path / "run", tmp_path / "cache", config_name="data")
     with pytest.raises(TagrankError, match=r"data=captions: set data.vocabulary=<file>"):
         prepare(cfg)
 
@@ -198,7 +198,7 @@ def test_annotation_file_found_or_named(tmp_path):
 def test_flickr8k_official_split_vocabulary_and_hand_checked_lists(tmp_path):
     root = SHARED_DATA / "flickr8k"
     cfg = compose_cfg(["data=flickr8k", f"data.root={root}", f"out={tmp_path / 'out'}"], tmp_path / "run",
-                      tmp_path / "cache", config_name="prepare")
+                      tmp_path / "cache", config_name="data")
     stats = prepare(cfg)
     assert stats["images"] == {"train": 6000, "val": 1000, "test": 1000}  # the official split
     assert stats["left_out"]["skipped_total"] == 0

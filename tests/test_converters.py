@@ -25,7 +25,7 @@ from tagrank.data.pascal07 import Pascal07Source
 from tagrank.data.records import MANIFEST, read_manifest
 from tagrank.data.source import ensure_built
 from tagrank.errors import TagrankError
-from tagrank.prepare import prepare
+from tagrank.cli.data import prepare
 
 from .conftest import SHARED_DATA, compose_cfg, needs_shared
 
@@ -46,7 +46,7 @@ def build(source, tmp_path) -> tuple[list, dict]:
 
 
 def run_prepare(overrides: list[str], tmp_path: Path) -> dict:
-    cfg = compose_cfg(overrides, tmp_path / "run", tmp_path / "cache", config_name="prepare")
+    cfg = compose_cfg(overrides, tmp_path / "run", tmp_path / "cache", config_name="data")
     return prepare(cfg)
 
 
@@ -597,7 +597,7 @@ def test_coco_mini_all_images_convert_with_hand_checked_lists(tmp_path):
 @needs_shared("coco-mini")
 def test_train_on_coco_mini_real_photos(tmp_path, cache_dir):
     """The real training path (Hydra config, Trainer, pretrained backbone) on coco-mini, small and quick."""
-    from tagrank.train import train
+    from tagrank.cli.train import train
 
     cfg = compose_cfg(["data=coco", f"data.root={SHARED_DATA / 'coco-mini'}", "backbone.image_size=64",
                        "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], tmp_path, cache_dir)

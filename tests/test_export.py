@@ -16,14 +16,14 @@ import torch
 
 from tagrank.data.datamodule import image_transform, load_image
 from tagrank.errors import TagrankError
-from tagrank.export import export, export_tagger
+from tagrank.cli.export import export, export_tagger
 from tagrank.models.frequency import FrequencyPrior
 from tagrank.models.label_query import LabelQueryDecoder
 from tagrank.models.lstm import LSTMTagger
 from tagrank.models.naive_rnn import NaiveRNN
 from tagrank.models.scorer import ListwiseScorer
 from tagrank.models.svm import LinearSVM
-from tagrank.predict import Tagger, predict, unknown_targets
+from tagrank.cli.predict import Tagger, predict, unknown_targets
 
 from .conftest import COCO, compose_cfg, needs_shared
 
@@ -145,7 +145,7 @@ def test_export_of_a_trained_checkpoint_on_real_photos(coco_run, tmp_path, cache
 
 def test_bad_format_exits_2_with_one_line_and_missing_checkpoint_is_one_message(tmp_path, cli_env, cache_dir):
     out = tmp_path / "t.onnx"
-    proc = subprocess.run([sys.executable, "-m", "tagrank.export", f"ckpt_path={tmp_path / 'missing.ckpt'}",
+    proc = subprocess.run([sys.executable, "-m", "tagrank.cli.export", f"ckpt_path={tmp_path / 'missing.ckpt'}",
                            "format=tflite", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, env=cli_env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

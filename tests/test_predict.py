@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tagrank.errors import TagrankError
-from tagrank.predict import predict
+from tagrank.cli.predict import predict
 
 from .conftest import COCO, compose_cfg, needs_shared, train_on_coco_mini
 
@@ -153,7 +153,7 @@ def test_bad_input_is_one_message_and_nothing_written(coco_run, tmp_path, cache_
 def test_console_script_exits_2_with_one_line(coco_run, tmp_path, cli_env):
     run, _ = coco_run
     out = tmp_path / "preds.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "tagrank.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
+    proc = subprocess.run([sys.executable, "-m", "tagrank.cli.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
                            f"images={TEST_PHOTOS}", "top_k=1000", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, env=cli_env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -165,7 +165,7 @@ def test_console_script_exits_2_with_one_line(coco_run, tmp_path, cli_env):
 def test_the_console_script_keeps_log_lines_off_stdout(coco_run, tmp_path, cli_env):
     run, _ = coco_run
     photos, good = photos_and_junk(tmp_path, 2)
-    proc = subprocess.run([sys.executable, "-m", "tagrank.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
+    proc = subprocess.run([sys.executable, "-m", "tagrank.cli.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
                            f"images={photos}", f"hydra.run.dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, env=cli_env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -180,7 +180,7 @@ def test_the_console_script_keeps_log_lines_off_stdout(coco_run, tmp_path, cli_e
 def test_a_reader_that_stops_early_stops_it_quietly(coco_run, tmp_path, cli_env):
     # `tagrank-predict ... | head -1`: the pipe closed before the tags are printed (here before anything).
     run, _ = coco_run
-    proc = subprocess.Popen([sys.executable, "-m", "tagrank.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
+    proc = subprocess.Popen([sys.executable, "-m", "tagrank.cli.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
                              f"images={TEST_PHOTOS}", f"hydra.run.dir={tmp_path / 'run'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
     proc.stdout.close()
@@ -237,7 +237,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(where, tmp_pat
 @needs_shared("coco-mini")
 def test_console_script_refuses_an_unwritable_out_with_one_line(coco_run, tmp_path, cli_env):
     run, _ = coco_run
-    proc = subprocess.run([sys.executable, "-m", "tagrank.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
+    proc = subprocess.run([sys.executable, "-m", "tagrank.cli.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
                            f"images={TEST_PHOTOS}", "out=/proc/preds.jsonl", f"hydra.run.dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, env=cli_env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

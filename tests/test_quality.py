@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tagrank.train import train
+from tagrank.cli.train import train
 
 from .conftest import compose_cfg
 

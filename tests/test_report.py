@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tagrank.errors import TagrankError
-from tagrank.eval import evaluate
+from tagrank.cli.eval import evaluate
 from tagrank.report import html, runs, stats
 
 from .conftest import compose_cfg

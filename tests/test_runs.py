@@ -17,7 +17,7 @@ from hydra.errors import ConfigCompositionException
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics
 from tagrank.pipeline import build_data
-from tagrank.train import train
+from tagrank.cli.train import train
 
 from .conftest import TINY, compose_cfg
 

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from tagrank import CONF_DIR
 from tagrank.errors import TagrankError
-from tagrank.train import train
+from tagrank.cli.train import train
 
 from .conftest import TINY, compose_cfg
 from .wandb_records import offline_runs, read_offline_run

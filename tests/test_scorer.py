@@ -13,7 +13,7 @@ from tagrank.models.base import beam_distinct, greedy_distinct, plackett_luce_nl
 from tagrank.models.lstm import LSTMTagger
 from tagrank.models.naive_rnn import NaiveRNN
 from tagrank.models.scorer import ListwiseScorer, best_threshold, listnet_loss
-from tagrank.train import train
+from tagrank.cli.train import train
 
 from .conftest import TINY, compose_cfg
 

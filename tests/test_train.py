@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tagrank.errors import TagrankError
-from tagrank.eval import evaluate
+from tagrank.cli.eval import evaluate
 from tagrank.models.lstm import LSTMTagger
-from tagrank.train import train
+from tagrank.cli.train import train
 
 from .conftest import TINY, compose_cfg
 
@@ -68,7 +68,7 @@ def _eval_cli(run, cfg, out_dir, *overrides, progress_bar: bool = False):
     (run / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run / ".hydra/config.yaml")
     proc = subprocess.run(
-        [sys.executable, "-m", "tagrank.eval", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={out_dir}",
+        [sys.executable, "-m", "tagrank.cli.eval", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={out_dir}",
          f"paths.cache_dir={cfg.paths.cache_dir}", f"trainer.enable_progress_bar={progress_bar}", *overrides],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -37,7 +37,7 @@ from tagrank.config import console_main, run_cli
 from tagrank.data.cache import atomic_write, atomic_write_text, check_writable
 from tagrank.errors import TagrankError
 from tagrank.models.base import RankedTagger
-from tagrank.predict import Tagger, load_tagger, unknown_targets
+from tagrank.cli.predict import Tagger, load_tagger, unknown_targets
 
 log = logging.getLogger("tagrank")
 

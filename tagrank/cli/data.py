@@ -116,7 +116,7 @@ def prepare(cfg: DictConfig) -> dict | None:
     return stats
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="data")
 def hydra_main(cfg: DictConfig) -> dict | None:
     return run_cli(prepare, cfg)
 
