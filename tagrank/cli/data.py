@@ -17,11 +17,11 @@ import json
 import shutil
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from tagrank import CONF_DIR
-from tagrank.config import NonNegativeInt, PositiveFloat, check_value, console_main, instantiate, run_cli
+from tagrank.cli import command
+from tagrank.config import NonNegativeInt, PositiveFloat, check_value, instantiate
 from tagrank.data.cache import file_in_the_way, make_temp_folder
 from tagrank.data.convert import SKIPPED
 from tagrank.data.download import download_dataset
@@ -116,13 +116,7 @@ def prepare(cfg: DictConfig) -> dict | None:
     return stats
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="data")
-def hydra_main(cfg: DictConfig) -> dict | None:
-    return run_cli(prepare, cfg)
-
-
-def main() -> None:
-    console_main(hydra_main)
+main = command("data", prepare)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tagrank import CONF_DIR
-from tagrank.config import Seed, check_value, console_main, instantiate, run_cli
+from tagrank.cli import command
+from tagrank.config import Seed, check_value, instantiate
 from tagrank.errors import TagrankError
 from tagrank.pipeline import (attach_inputs, build_trainer, check_backbone, check_trained_with, checkpoint_class,
                               report, run_settings)
@@ -76,13 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return test
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-def hydra_main(cfg: DictConfig) -> None:
-    run_cli(evaluate, cfg)
-
-
-def main() -> None:
-    console_main(hydra_main)
+main = command("eval", evaluate)
 
 
 if __name__ == "__main__":

@@ -27,17 +27,15 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from tagrank import CONF_DIR
-from tagrank.config import console_main, run_cli
+from tagrank.cli import command
+from tagrank.cli.predict import Tagger, load_tagger, unknown_targets
 from tagrank.data.cache import atomic_write, atomic_write_text, check_writable
 from tagrank.errors import TagrankError
 from tagrank.models.base import RankedTagger
-from tagrank.cli.predict import Tagger, load_tagger, unknown_targets
 
 log = logging.getLogger("tagrank")
 
@@ -155,13 +153,7 @@ def export(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def hydra_main(cfg: DictConfig) -> None:
-    run_cli(export, cfg)
-
-
-def main() -> None:
-    console_main(hydra_main)
+main = command("export", export)
 
 
 if __name__ == "__main__":

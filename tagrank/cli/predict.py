@@ -33,9 +33,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tagrank import CONF_DIR
 from tagrank.callbacks import INPUTS_KEY
-from tagrank.config import PositiveInt, check_value, console_main, instantiate, run_cli
+from tagrank.cli import command
+from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.data.datamodule import image_transform, load_image
 from tagrank.data.images import progress
 from tagrank.data.cache import atomic_write_text, check_writable
@@ -213,13 +213,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
-def hydra_main(cfg: DictConfig) -> None:
-    run_cli(predict, cfg)
-
-
-def main() -> None:
-    console_main(hydra_main)
+main = command("predict", predict)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -30,7 +29,8 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tagrank import CONF_DIR
-from tagrank.config import Seed, check_node, check_value, console_main, in_multirun, instantiate, run_cli
+from tagrank.cli import command
+from tagrank.config import Seed, check_node, check_value, in_multirun, instantiate
 from tagrank.dashboard import check_wandb, log_config
 from tagrank.errors import TagrankError
 from tagrank.models.backbones import resolve_weights
@@ -278,11 +278,6 @@ def _finish_wandb() -> None:
             wandb.finish()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def hydra_main(cfg: DictConfig) -> float | None:
-    return run_cli(train_command, cfg)
-
-
 def train_command(cfg: DictConfig) -> float | None:
     """``train`` as ``tagrank-train`` runs it, where Hydra's own settings (the launcher) are this command's."""
     refuse_launcher_without_multirun()
@@ -290,8 +285,7 @@ def train_command(cfg: DictConfig) -> float | None:
     return train(cfg, Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log")
 
 
-def main() -> None:
-    console_main(hydra_main)
+main = command("train", train_command)
 
 
 if __name__ == "__main__":
