@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -40,8 +39,9 @@ def test_the_wheel_installed_elsewhere_trains_from_an_empty_folder(tmp_path, cac
     python = venv / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    (site / "reuse_dependencies.pth").write_text("\n".join(sorted(here)) + "\n")
+    # Every site folder this interpreter reads (its own, and any a .pth of it chains to): not the checkout.
+    here = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    (site / "reuse_dependencies.pth").write_text("\n".join(here) + "\n")
     _pip(python, "install", "--no-deps", "--no-index", str(wheel))
 
     empty = tmp_path / "empty"
