@@ -2,7 +2,9 @@
 
     python experiments/annotator_agreement.py                       # ../shared/data/coco-mini; noise 0.15,0.25,0.4
     python experiments/annotator_agreement.py coco=/data/coco/annotations/captions_val2017.json noise=0.15
-    (coco: one or more captions files, comma-separated)
+    python experiments/annotator_agreement.py coco=[a.json,b.json] noise=[0.1,0.2] scenes=500
+
+Its settings are ``tagrank/conf/annotator_agreement.yaml``, composed by Hydra as tagrank's commands are.
 
 Why: the synthetic annotator's only source of disagreement is the log-normal noise on each object's
 importance (``data.noise``), and how much noise the ranked lists carry decides how much a model can
@@ -17,9 +19,12 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import sys
 from pathlib import Path
 
+from omegaconf import DictConfig, ListConfig
+
+from tagrank.cli import command
+from tagrank.config import PositiveInt, check_value
 from tagrank.data.coco import read_captions
 from tagrank.data.convert import Problems
 from tagrank.data.normalize import COCO_SYNONYMS
@@ -67,31 +72,28 @@ def synthetic_lists(noise: float, n_scenes: int = 1500, size: int = 128, min_imp
     return out
 
 
-def main(argv: list[str]) -> int:
-    settings = {"coco": ",".join(map(str, COCO_MINI)), "noise": "0.15,0.25,0.4", "scenes": "1500"}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in settings:
-            print(f"{arg!r}: expected key=value with key one of {list(settings)}", file=sys.stderr)
-            return 2
-        settings[key] = value
-    try:
-        noises, n_scenes = [float(x) for x in settings["noise"].split(",")], int(settings["scenes"])
-    except ValueError:
-        print(f"noise={settings['noise']!r}, scenes={settings['scenes']!r}: expected comma-separated numbers "
-              "and an integer", file=sys.stderr)
-        return 2
-    try:
-        share, pairs = top1_agreement([lists for f in settings["coco"].split(",") for lists in caption_lists(Path(f))])
-    except TagrankError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"COCO captions ({settings['coco']}):\n  same first category in {share:.3f} of {pairs} caption pairs")
+def numbers(key: str, value: object) -> list[float]:
+    """One number or a list of them (``noise=0.15``, ``noise=[0.15,0.25]``)."""
+    values = list(value) if isinstance(value, (list, ListConfig)) else [value]
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise TagrankError(f"{key}={value!r}: expected a number or a list of numbers ([0.15,0.25])")
+    return [float(v) for v in values]
+
+
+def measure(cfg: DictConfig) -> None:
+    noises = numbers("noise", cfg.noise)
+    check_value("scenes", cfg.scenes, PositiveInt)
+    coco = cfg.coco if cfg.coco is not None else [str(p) for p in COCO_MINI]
+    files = [str(f) for f in (coco if isinstance(coco, ListConfig) else [coco])]
+    share, pairs = top1_agreement([lists for f in files for lists in caption_lists(Path(f))])
+    print(f"COCO captions ({','.join(files)}):\n  same first category in {share:.3f} of {pairs} caption pairs")
     for noise in noises:
-        share, pairs = top1_agreement(synthetic_lists(noise, n_scenes))
+        share, pairs = top1_agreement(synthetic_lists(noise, cfg.scenes))
         print(f"synthetic annotator, data.noise={noise}: same first tag in {share:.3f} of {pairs} scene pairs")
-    return 0
+
+
+main = command("annotator_agreement", measure)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()

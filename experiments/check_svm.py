@@ -1,8 +1,11 @@
 """Check the SVM baseline against scikit-learn's LinearSVC (liblinear) on a dataset's cached features.
 
-    python experiments/check_svm.py --run logs/train/runs/<time>     # that run's best.ckpt, its data and backbone
+    python experiments/check_svm.py run=logs/train/runs/<time>      # that run's best.ckpt, its data and backbone
     python experiments/check_svm.py data=flickr8k data.root=../shared/data/flickr8k model.C=0.1   # fit ours now
-    (without --run: tagrank-train overrides; model.C=auto solves the grid and compares at the chosen C)
+    (without run=: tagrank-train settings; model.C=auto solves the grid and compares at the chosen C)
+
+Its settings (``run``, ``tol``, ``intercept_scaling``) are ``tagrank/conf/check_svm.yaml``: ``train.yaml`` with
+``model=svm``, composed by Hydra as tagrank's commands are.
 
 Why: ``model=svm`` solves all one-vs-rest problems at once with L-BFGS (tagrank/models/svm.py); this fits
 liblinear's L2-loss SVM per tag with the same C, loss and features, and prints how far the two are apart:
@@ -14,54 +17,44 @@ here 1000, where that penalty is negligible and the two problems coincide).
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from scipy.stats import spearmanr
 from sklearn.svm import LinearSVC
 
-from tagrank import CONF_DIR
+from tagrank.cli import command
+from tagrank.config import PositiveFloat, check_value
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics
 from tagrank.models.svm import LinearSVM, presence
 from tagrank.pipeline import attach_inputs, build_data, build_model, checkpoint_class
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="a tagrank-train run directory of model=svm")
-    parser.add_argument("--intercept-scaling", type=float, default=1000.0,
-                        help="liblinear's constant feature (default 1000)")
-    parser.add_argument("--tol", type=float, default=1e-10,
-                        help="liblinear's stopping tolerance (default 1e-10: at its own 1e-4 it stops visibly short)")
-    parser.add_argument("overrides", nargs="*", help="tagrank-train overrides (without --run): data=..., model.C=...")
-    args = parser.parse_args(argv)
-    if args.run and args.overrides:
-        parser.error("--run takes the run's own settings: no overrides")
-    return args
+OWN = ("run", "tol", "intercept_scaling")  # this script's settings; every other one is tagrank-train's
 
 
-def load_setup(args: argparse.Namespace) -> tuple[DictConfig, LinearSVM | None]:
-    """The run's config and fitted model (``--run``), or a composed ``model=svm`` config and no model yet."""
-    if args.run:
-        run = args.run
-        if not (run / ".hydra/config.yaml").is_file() or not (run / "checkpoints/best.ckpt").is_file():
-            raise TagrankError(f"--run {run}: expected a tagrank-train run directory (.hydra/config.yaml, "
-                               "checkpoints/best.ckpt)")
-        ckpt = run / "checkpoints/best.ckpt"
-        model = hydra.utils.get_class(checkpoint_class(ckpt)).load_from_checkpoint(ckpt, weights_only=True)
-        if type(model) is not LinearSVM:
-            raise TagrankError(f"--run {run}: its checkpoint is a {type(model).__name__}, not model=svm")
-        return OmegaConf.load(run / ".hydra/config.yaml"), model
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=["model=svm", *args.overrides]), None
+def load_setup(cfg: DictConfig) -> tuple[DictConfig, LinearSVM | None]:
+    """The run's config and fitted model (``run=``), or the composed ``model=svm`` config and no model yet."""
+    if not cfg.run:
+        return cfg, None
+    run = Path(cfg.run)
+    others = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in OWN]
+    if others:
+        raise TagrankError(f"run={run} takes the run's own settings: no {' '.join(others)}")
+    if not (run / ".hydra/config.yaml").is_file() or not (run / "checkpoints/best.ckpt").is_file():
+        raise TagrankError(f"run={run}: expected a tagrank-train run directory (.hydra/config.yaml, "
+                           "checkpoints/best.ckpt)")
+    ckpt = run / "checkpoints/best.ckpt"
+    model = hydra.utils.get_class(checkpoint_class(ckpt)).load_from_checkpoint(ckpt, weights_only=True)
+    if type(model) is not LinearSVM:
+        raise TagrankError(f"run={run}: its checkpoint is a {type(model).__name__}, not model=svm")
+    return OmegaConf.load(run / ".hydra/config.yaml"), model
 
 
 def ranking_scores(scores: np.ndarray, target: torch.Tensor, top_k: int, relevance: str) -> tuple[float, float]:
@@ -77,15 +70,16 @@ def objective(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray, C: float) -
     return float(w @ w / (2 * C * len(x)) + np.mean(np.maximum(0.0, 1.0 - margin) ** 2))
 
 
-def main(argv: list[str]) -> None:
-    args = parse(argv)
-    cfg, model = load_setup(args)
+def check(settings: DictConfig) -> None:
+    check_value("tol", settings.tol, PositiveFloat)
+    check_value("intercept_scaling", settings.intercept_scaling, PositiveFloat)
+    cfg, model = load_setup(settings)
     dm = build_data(cfg)
     if model is None:
         model = build_model(cfg, dm.num_tags)
     attach_inputs(cfg, dm, model, need_images=False)
     train, val, test = dm.rows("train"), dm.rows("val"), dm.rows("test")
-    if args.run:  # solved again at the run's C: the time it takes, and the same weights
+    if settings.run:  # solved again at the run's C: the time it takes, and the same weights
         saved = model
         model = LinearSVM(**{**saved.hparams, "C": float(saved.fitted_C)})
     started = time.perf_counter()
@@ -93,10 +87,10 @@ def main(argv: list[str]) -> None:
         print(f"ours: C={s.C:g}: {s.iterations} L-BFGS iterations, objective {s.objective:.6g}, relative gradient "
               f"{s.gradient:.1e}, {s.seconds:.1f} s" + ("" if np.isnan(s.val_ndcg) else f", val NDCG {s.val_ndcg:.4f}"))
     print(f"ours: {time.perf_counter() - started:.1f} s in all, C={float(model.fitted_C):g}")
-    if args.run:
+    if settings.run:
         gap = (model.linear.weight - saved.linear.weight).abs().max().item()
-        print(f"ours: largest weight difference to {args.run}/checkpoints/best.ckpt: {gap:.2e}")
-    compare(model, dm.features, dm.targets, train, test, dm.vocab.tags, args.tol, args.intercept_scaling)
+        print(f"ours: largest weight difference to {settings.run}/checkpoints/best.ckpt: {gap:.2e}")
+    compare(model, dm.features, dm.targets, train, test, dm.vocab.tags, settings.tol, settings.intercept_scaling)
 
 
 def compare(model: LinearSVM, features: torch.Tensor, targets: torch.Tensor, train: list[int], test: list[int],
@@ -138,9 +132,8 @@ def compare(model: LinearSVM, features: torch.Tensor, targets: torch.Tensor, tra
         print(f"test split, {name}: NDCG {ndcg:.4f}, P {p:.4f} (mean over k = 1..{model.top_k})")
 
 
+main = command("check_svm", check)
+
+
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except TagrankError as err:
-        print(f"check_svm: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    main()

@@ -130,12 +130,14 @@ def test_the_table1_ablations_by_one_command(tmp_path, cli_env):
 
 
 def test_ablations_reject_bad_arguments(tmp_path, cli_env):
-    for args, message in (([], "give sweep=<a Table 1 sweep directory>, or 'orders'"),
-                          (["orders", "seeds=0"], "seeds='0': expected a positive whole number"),
+    for args, message in (([], "give sweep=<a Table 1 sweep directory>, or orders=true"),
+                          (["orders=true", "seeds=0"], "seeds=0 is out of range"),
+                          (["orders=maybe"], "orders='maybe'"),
+                          (["sweeep=x"], "sweeep"),  # a misspelt setting: Hydra's one line
                           ([f"sweep={tmp_path}", "model=lstm"],
                            "'model=lstm' is not a setting of the Table 1 ablations"),
                           ([f"sweep={tmp_path / 'none'}"], "not a directory"),
-                          (["orders", f"aggregate={tmp_path}", "seeds=2", "trainer.max_epochs=1"],
+                          (["orders=true", f"aggregate={tmp_path}", "seeds=2", "trainer.max_epochs=1"],
                            "aggregate= re-reads finished runs, so seeds=2 trainer.max_epochs=1 would change nothing; "
                            "with aggregate= pass only results")):
         proc = run_script(args, cli_env, tmp_path)
@@ -145,7 +147,7 @@ def test_ablations_reject_bad_arguments(tmp_path, cli_env):
 def test_the_order_ablation_trains_one_run_per_order(tmp_path, cli_env):
     """The real multirun of tagrank-train on tiny synthetic data, then the table (about 40 s on 2 cores)."""
     tiny = [s for s in TINY if not s.startswith("trainer.max_epochs")] + ["trainer.max_epochs=1"]
-    proc = run_script(["orders", "seeds=1", f"sweep_dir={tmp_path / 'sweep'}", f"results={tmp_path / 'results'}",
+    proc = run_script(["orders=true", "seeds=1", f"sweep_dir={tmp_path / 'sweep'}", f"results={tmp_path / 'results'}",
                        *tiny], cli_env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = runs.load_runs(tmp_path / "sweep")

@@ -34,15 +34,20 @@ def test_synthetic_annotators_disagree_more_with_more_noise():
 
 
 @needs_shared("coco-mini")
-def test_cli_measures_coco_captioners():
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments/annotator_agreement.py"), "noise=0.15", "scenes=100"],
-                          capture_output=True, text=True, cwd=ROOT)
+def test_cli_measures_coco_captioners(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:  # from a temp folder: Hydra writes its run folder there
+        return subprocess.run([sys.executable, str(ROOT / "experiments/annotator_agreement.py"), *args],
+                              capture_output=True, text=True, cwd=tmp_path)
+
+    proc = run("noise=0.15", "scenes=100")
     assert proc.returncode == 0, proc.stderr
     share = float(proc.stdout.split("same first category in ")[1].split()[0])
     assert 0.5 < share < 0.95  # people often, not always, name the same object first
-    bad = subprocess.run([sys.executable, str(ROOT / "experiments/annotator_agreement.py"), "coco=/nonexistent/captions_x.json"],
-                         capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 1 and "/nonexistent/captions_x.json: no such file" in bad.stderr
-    bad = subprocess.run([sys.executable, str(ROOT / "experiments/annotator_agreement.py"), "noise=low"],
-                         capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 2 and "expected comma-separated numbers" in bad.stderr
+    assert "synthetic annotator, data.noise=0.15: same first tag in" in proc.stdout
+    assert len(run("noise=[0.15,0.4]", "scenes=50").stdout.split("synthetic annotator")) == 3
+    bad = run("coco=/nonexistent/captions_x.json")
+    assert bad.returncode == 2 and "/nonexistent/captions_x.json: no such file" in bad.stderr
+    bad = run("noise=low")
+    assert bad.returncode == 2 and "noise='low': expected a number or a list of numbers" in bad.stderr
+    bad = run("nosie=0.1")  # a misspelt key is Hydra's one-line error
+    assert bad.returncode == 2 and "nosie" in bad.stderr
