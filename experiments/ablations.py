@@ -1,4 +1,4 @@
-"""Issue 15's three ablations, by one command each (README: Ablations).
+"""Issue 15's three ablations, by one command each (docs/results.md: Ablations).
 
     python experiments/ablations.py sweep=logs/table1/flickr8k/<time>     # set against order, which relevance
     python experiments/ablations.py orders=true data=flickr8k data.root=../shared/data/flickr8k seeds=1
