@@ -49,7 +49,7 @@ EXEMPT = {
         "half of make table1 (29 minutes)",
     "python experiments/table1.py data=synthetic seeds=3 methods=naive_rnn_captioning,scorer "
     "sweep_dir=<the same sweep>": "the other half (30 minutes)",
-    "python experiments/ablations.py orders data=flickr8k data.root=../shared/data/flickr8k seeds=1":
+    "python experiments/ablations.py orders=true data=flickr8k data.root=../shared/data/flickr8k seeds=1":
         "four Flickr8k runs; tests/test_ablations.py runs the order ablation small",
     "make bench": "about 10 minutes; tests/test_speed.py runs benchmarks/bench.py in its quick mode",
     "make bench-gpu": "needs a CUDA GPU; tests/test_speed.py runs benchmarks/bench_gpu.py in its CPU smoke mode",
@@ -82,7 +82,7 @@ ELSEWHERE = {
     "python experiments/table1.py aggregate=logs/table1/synthetic/<time>": ("test_table1.py", "aggregate="),
     "python experiments/table1.py aggregate=<the sweep> [reference=naive_rnn]": ("test_table1.py", "reference="),
     "python experiments/ablations.py sweep=logs/table1/flickr8k/<time>": ("test_ablations.py", "sweep="),
-    "python experiments/ablations.py orders aggregate=logs/ablation_order/flickr8k/<time>":
+    "python experiments/ablations.py orders=true aggregate=logs/ablation_order/flickr8k/<time>":
         ("test_ablations.py", "aggregate="),
 }
 
