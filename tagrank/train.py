@@ -270,7 +270,9 @@ def refuse_ddp_relaunch_in_multirun(trainer: L.Trainer) -> None:
     """DDP on one machine re-runs the command line once per extra process; in a multirun that would
     re-run the whole sweep. Under SLURM (``launcher=slurm``) the processes are SLURM tasks instead."""
     launcher = getattr(trainer.strategy, "launcher", None)
-    if in_multirun() and isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1:
+    # Lightning keeps this launcher under SLURM too, where it starts nothing (SLURM has started every process).
+    if (in_multirun() and isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+            and not launcher.cluster_environment.creates_processes_externally):
         raise TagrankError("trainer=ddp starts its extra processes by re-running the command, which a multirun "
                            "(-m, hparams_search) cannot do: run one DDP training per command, or sweep with "
                            "launcher=slurm and hydra.launcher.tasks_per_node=<GPUs per node>")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from .conftest import ROOT
+from .conftest import ROOT, TINY
 from .test_scaling import KILLABLE, SMALL, assert_same_wandb_run, metrics_of, ok, own_wandb, sweep_dirs, uninterrupted  # noqa: F401
 
 # launcher=slurm as a user of this one-node cluster sets it: the CPU trainer, one CPU per job, no GPU or memory asked.
@@ -237,7 +237,7 @@ def test_table1_runs_as_slurm_jobs_and_aggregates_them(slurm_env, tmp_path):
 
     proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), "quick=true", "seeds=2",
                            "methods=lstm,svm,frequency", f"results={tmp_path / 'results'}", f"sweep_dir={tmp_path / 'sweep'}",
-                           *ON_THIS_NODE, *SMALL],
+                           *ON_THIS_NODE, *TINY],
                           capture_output=True, text=True, env=slurm_env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     for group in ("frozen", "finetuned-1"):
