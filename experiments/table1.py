@@ -27,6 +27,12 @@ data=synthetic, ``flickr8k_finetune`` on data=flickr8k, none in quick mode, othe
 paper's 7500) with the passed trainer settings; ``none``: frozen backbone for every method), jobs
 (how many fine-tuning multiruns run at once, the CPU threads shared between them; ``auto``: 2 on
 a machine with 2 or more CPUs), reference (lstm: the method of the table's paired difference column).
+
+On a SLURM cluster (from its login node), add ``launcher=slurm`` and the cluster's settings: every run is a SLURM job,
+the frozen methods' multirun first (it builds the caches), then all fine-tuning runs as one job array (``jobs``
+does not apply); the table is aggregated here once they have finished:
+
+    python experiments/table1.py data=pascal07 launcher=slurm hydra.launcher.partition=gpu logger=wandb
 """
 
 from __future__ import annotations
@@ -201,7 +207,12 @@ def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) ->
     if groups:
         run_all("frozen", [groups], sweep_dir, threads=None)
     tuned = [m for m in methods if m in FINETUNED]
-    if tuned:
+    if tuned and "launcher=slurm" in passthrough:
+        # SLURM schedules the jobs and gives each its CPUs: every fine-tuning run in one multirun (one job array,
+        # hydra.launcher.array_parallelism at a time), and no thread share from this machine's CPUs.
+        run_all("finetuned", [[command(tuned, seeds, next(unused(sweep_dir, "finetuned")), rnn_overrides(settings))]],
+                sweep_dir, threads=None)
+    elif tuned:
         jobs = job_count(settings["jobs"])
         shares = split_runs(tuned, seeds, jobs)
         names = unused(sweep_dir, "finetuned")

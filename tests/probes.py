@@ -26,3 +26,16 @@ class BatchInputs(Callback):
         kind = "image" if "image" in batch else "features"
         with open(Path(trainer.default_root_dir) / "batch_inputs.txt", "a") as f:
             f.write(f"{trainer.global_step}:{kind}\n")
+
+
+class StepDelay(Callback):
+    """Sleeps after every training step: a tiny run lasts long enough for a test to signal or requeue its
+    SLURM job mid-training. Changes no result (it touches neither the weights nor a random state)."""
+
+    def __init__(self, seconds: float = 0.5) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        import time
+
+        time.sleep(self.seconds)

@@ -325,15 +325,15 @@ def _env(tmp: Path, cache_dir: Path) -> dict:
     return env
 
 
-def assert_same_wandb_run(run: Path) -> None:
-    """Two offline W&B sessions (killed, resumed) of the one W&B run whose id is in <run>/wandb_id.
+def assert_same_wandb_run(run: Path, sessions: int = 2) -> None:
+    """Offline W&B sessions (killed, resumed; two unless said) of the one W&B run whose id is in <run>/wandb_id.
 
     A process killed with SIGKILL cannot flush what wandb buffered, so its session's file may hold
     little more than its header; its directory still names the run id, and `wandb sync` merges both."""
     run_id = (run / "wandb_id").read_text().strip()
-    sessions = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(sessions) == 2 and all(d.name.endswith(f"-{run_id}") for d in sessions)
-    resumed = read_offline_run(sessions[-1])
+    found = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(found) == sessions and all(d.name.endswith(f"-{run_id}") for d in found)
+    resumed = read_offline_run(found[-1])
     assert resumed.run_id == run_id and "test/ndcg_mean" in resumed.keys()
 
 

@@ -8,6 +8,7 @@ why. Every job asks for one CPU (two tasks for DDP), so two of them run at once 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -16,8 +17,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from .conftest import ROOT
-from .test_scaling import KILLABLE, SMALL, assert_same_wandb_run, metrics_of, ok, own_wandb, sweep_dirs
+from .conftest import ROOT, TINY
+from .test_scaling import KILLABLE, SMALL, assert_same_wandb_run, metrics_of, ok, own_wandb, sweep_dirs, uninterrupted  # noqa: F401
 
 # launcher=slurm as a user of this one-node cluster sets it: the CPU trainer, one CPU per job, no GPU or memory asked.
 ON_THIS_NODE = ["launcher=slurm", "trainer=cpu", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
@@ -91,3 +92,158 @@ def test_a_sweep_runs_as_slurm_jobs_with_the_metrics_of_local_jobs(slurm_env, tm
         assert OmegaConf.load(on_slurm / task / ".hydra/config.yaml").seed == seed
         assert metrics_of(on_slurm / task) == metrics_of(on_local / task)
     assert metrics_of(on_slurm / "0") != metrics_of(on_slurm / "1")
+
+
+def submitit_jobs(sweep: Path) -> list[str]:
+    """The SLURM job ids of a sweep: its folders under .submitit (a job array's tasks have their own, <id>_<task>)."""
+    return [p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
+
+
+def job_state(job: str, env: dict) -> tuple[str, int]:
+    """A job's state (RUNNING, PENDING, ...) and how many times SLURM has started it again."""
+    out = slurm("scontrol", "show", "job", job, env=env)
+    return re.search(r"JobState=(\S+)", out).group(1), int(re.search(r"Restarts=(\d+)", out).group(1))
+
+
+def start_again(job: str, restarts: int, proc: subprocess.Popen, env: dict) -> float:
+    """Wait until SLURM has requeued ``job`` for the ``restarts``-th time, let it start now (a requeued job
+    waits two minutes before it may start again), and return when it runs again (time.time())."""
+    wait_for(lambda: job_state(job, env) == ("PENDING", restarts), proc, message=f"requeue {restarts} of job {job}")
+    slurm("scontrol", "update", f"jobid={job}", "StartTime=now", env=env)
+    wait_for(lambda: job_state(job, env)[0] == "RUNNING", proc, message=f"job {job} to run again")
+    return time.time()
+
+
+# KILLABLE (36 steps, last.ckpt every 4, dropout, W&B) slowed down to ~0.4 s a step, so that the test can signal
+# and requeue the job mid-training; the delay changes no result.
+PREEMPTIBLE = [*KILLABLE, "+callbacks.delay._target_=tests.probes.StepDelay", "+callbacks.delay.seconds=0.4"]
+
+
+def test_a_requeued_job_goes_on_from_its_checkpoint_to_the_metrics_of_an_uninterrupted_run(slurm_env, tmp_path,
+                                                                                           uninterrupted):
+    """The two ways SLURM stops a running job, one after the other on the same job: the warning before the time
+    limit (SIGUSR1, launcher=slurm's --signal), on which tagrank saves hpc_ckpt_1.ckpt and requeues the job; then
+    ``scontrol requeue`` (preemption: SIGTERM, then SIGKILL), after which it resumes from checkpoints/last.ckpt.
+    Each time SLURM starts the job again in the same run folder, and the sweep waits for it."""
+    env = {**slurm_env, "PYTHONPATH": str(ROOT)}  # tests.probes, in the job too (sbatch passes the environment on)
+    sweep = tmp_path / "sweep"
+    run, last = sweep / "0", sweep / "0" / "checkpoints" / "last.ckpt"
+    with open(tmp_path / "sweep.log", "w") as out:
+        proc = subprocess.Popen(["tagrank-train", "-m", *ON_THIS_NODE, *PREEMPTIBLE, f"hydra.sweep.dir={sweep}"],
+                                env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    wait_for(last.exists, proc, message="the job's first checkpoint")
+    (job,) = submitit_jobs(sweep)  # a one-job sweep: a plain job, no array
+    try:
+        script = (sweep / ".submitit" / job / f"{job}_submission.sh").read_text()
+        assert "#SBATCH --signal=USR1@120" in script and "#SBATCH --requeue" in script
+
+        slurm("scancel", "--signal=USR1", job, env=env)  # what --signal=USR1@120 sends 120 s before the limit
+        restarted = start_again(job, 1, proc, env)
+        hpc = run / "hpc_ckpt_1.ckpt"
+        assert torch.load(hpc, map_location="cpu", weights_only=True)["global_step"] > 0
+
+        wait_for(lambda: last.stat().st_mtime > restarted, proc, message="a checkpoint of the restarted job")
+        slurm("scontrol", "requeue", job, env=env)  # preempted
+        start_again(job, 2, proc, env)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-5000:]
+    finally:
+        if proc.poll() is None:  # a failed check: leave no job behind on the cluster
+            proc.kill()
+            subprocess.run(["scancel", job], env=env, check=False)
+
+    log = (sweep / ".submitit" / job / f"{job}_0_log.err").read_text()  # the three starts append to one log
+    assert "saved " + str(hpc) in log and "requeued SLURM job " + job in log
+    assert f"Restoring states from the checkpoint path at {hpc}" in log  # the second start
+    assert f"SLURM job restarted: resuming from {last}" in log  # the third
+    assert metrics_of(run) == metrics_of(uninterrupted)
+    assert (run / "predictions.jsonl").read_text() == (uninterrupted / "predictions.jsonl").read_text()
+    assert_same_wandb_run(run, sessions=3)
+
+
+def best_score(run: Path) -> float:
+    """val/ndcg_mean of a run's best.ckpt: what its Optuna trial reports."""
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint") and "val/ndcg_mean" in k]
+    return float(state["best_model_score"])
+
+
+@pytest.mark.slow
+def test_an_optuna_study_runs_two_trials_at_once_and_keeps_a_requeued_one(slurm_env, tmp_path):
+    """hparams_search with launcher=slurm: one job array of n_jobs=2 trials running together; one is preempted
+    (``scontrol requeue``) and resumes; the study in its sqlite storage holds both trials, complete, with the
+    scores their runs reached."""
+    import optuna
+
+    env = {**slurm_env, "PYTHONPATH": str(ROOT)}
+    sweep, db = tmp_path / "sweep", tmp_path / "optuna.db"
+    search = ["hparams_search=lstm_optuna", *ON_THIS_NODE, *SMALL, "data.n_train=192", "trainer.max_epochs=3",
+              "callbacks.step_checkpoint.every_n_train_steps=4", "+callbacks.delay._target_=tests.probes.StepDelay",
+              "+callbacks.delay.seconds=0.3", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+              f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=on_slurm", f"hydra.sweep.dir={sweep}"]
+    with open(tmp_path / "search.log", "w") as out:
+        proc = subprocess.Popen(["tagrank-train", *search], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    last = sweep / "1" / "checkpoints" / "last.ckpt"
+    wait_for(last.exists, proc, message="the second trial's first checkpoint")
+    (array,) = submitit_jobs(sweep)
+    job = f"{array}_1"
+    try:
+        assert job_state(f"{array}_0", env)[0] == "RUNNING"  # the two trials at once
+        slurm("scontrol", "requeue", job, env=env)
+        start_again(job, 1, proc, env)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "search.log").read_text()[-5000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(["scancel", array], env=env, check=False)
+
+    assert "#SBATCH --array=0-1%" in (sweep / ".submitit" / array / f"{array}_submission.sh").read_text()
+    assert "SLURM job restarted: resuming from" in (sweep / ".submitit" / job / f"{job}_0_log.err").read_text()
+    study = optuna.load_study(study_name="on_slurm", storage=f"sqlite:///{db}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.value for t in study.trials] == [best_score(sweep / "0"), best_score(sweep / "1")]
+
+
+@pytest.mark.slow
+def test_ddp_as_two_slurm_tasks_gives_the_metrics_of_one_process(slurm_env, tmp_path):
+    """trainer=ddp with hydra.launcher.tasks_per_node=2: SLURM starts both processes (srun, two tasks of one job;
+    Lightning's SLURM environment gives their ranks), gloo on the CPU, per-process batch 8 against one process
+    at batch 16 (the existing equality test in tests/test_scaling.py, launched the cluster's way)."""
+    data = [*SMALL, "data.n_val=31", "data.n_test=47", "model.dropout=0"]
+    one = tmp_path / "one"
+    ok(train_cli([*data, f"hydra.run.dir={one}"], slurm_env, tmp_path))
+    sweep = tmp_path / "sweep"
+    on_node = [a for a in ON_THIS_NODE if not a.startswith("trainer=")]
+    ok(train_cli(["-m", *on_node, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                  "trainer.precision=32-true", "hydra.launcher.tasks_per_node=2", "data.num_workers=0",
+                  "data.pin_memory=false", "data.batch_size=8", *data, f"hydra.sweep.dir={sweep}"], slurm_env, tmp_path))
+    (job,) = submitit_jobs(sweep)
+    assert "#SBATCH --ntasks-per-node=2" in (sweep / ".submitit" / job / f"{job}_submission.sh").read_text()
+    for rank in (0, 1):  # each SLURM task is one DDP process, its rank the task's
+        out = (sweep / ".submitit" / job / f"{job}_{rank}_log.err").read_text()
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in out
+    ddp = sweep / "0"
+    assert not list(ddp.glob("*ddp_process*"))  # not Lightning's local re-launch
+    ddp_metrics, one_metrics = metrics_of(ddp), metrics_of(one)
+    assert ddp_metrics.pop("loss") == pytest.approx(one_metrics.pop("loss"), rel=1e-6)
+    assert ddp_metrics == one_metrics and ddp_metrics["n_images"] == 47
+    assert (ddp / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_table1_runs_as_slurm_jobs_and_aggregates_them(slurm_env, tmp_path):
+    """experiments/table1.py with launcher=slurm: the frozen methods' multirun, then the fine-tuning one, each as
+    SLURM jobs; the table is aggregated from their run folders."""
+    import csv
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), "quick=true", "seeds=2",
+                           "methods=lstm,svm,frequency", f"results={tmp_path / 'results'}", f"sweep_dir={tmp_path / 'sweep'}",
+                           *ON_THIS_NODE, *TINY],
+                          capture_output=True, text=True, env=slurm_env, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    for group in ("frozen", "finetuned-1"):
+        logs = list((tmp_path / "sweep" / group / ".submitit").glob("*/*_log.err"))
+        assert logs and all("Job completed successfully" in p.read_text() for p in logs), group
+    table = {r["method"]: r for r in csv.DictReader((tmp_path / "results/synthetic/table1.csv").open())}
+    assert set(table) == {"lstm", "svm", "frequency"}
+    assert table["lstm"]["seeds"] == "2"

@@ -17,9 +17,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import torch
@@ -94,8 +96,12 @@ def train(cfg: DictConfig, command_log: Path | None = None) -> float | None:
                 report(dm, model, metrics, out_dir, title=tested)
         if trainer.is_global_zero:
             write_card(out_dir, facts, trainer, model, tested)
-    finally:
+    except BaseException:
+        _finish_wandb(failing=True)  # the error that ended the run is the one to report
+        raise
+    else:
         _finish_wandb()  # Lightning has finalized the loggers ("success" or "failed")
+    finally:
         if log_file is not None and trainer.is_global_zero:
             append_log(log_file, out_dir / log_file.name)
     value = best_score(trainer, cfg.get("optimized_metric") or "", fitted)
@@ -264,25 +270,67 @@ def refuse_ddp_relaunch_in_multirun(trainer: L.Trainer) -> None:
     """DDP on one machine re-runs the command line once per extra process; in a multirun that would
     re-run the whole sweep. Under SLURM (``launcher=slurm``) the processes are SLURM tasks instead."""
     launcher = getattr(trainer.strategy, "launcher", None)
-    if in_multirun() and isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1:
+    # Lightning keeps this launcher under SLURM too, where it starts nothing (SLURM has started every process).
+    if (in_multirun() and isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+            and not launcher.cluster_environment.creates_processes_externally):
         raise TagrankError("trainer=ddp starts its extra processes by re-running the command, which a multirun "
                            "(-m, hparams_search) cannot do: run one DDP training per command, or sweep with "
                            "launcher=slurm and hydra.launcher.tasks_per_node=<GPUs per node>")
 
 
-def _finish_wandb() -> None:
+def _finish_wandb(failing: bool = False) -> None:
+    """Close this process's W&B run. While an error ends the run (``failing``), a W&B that cannot close (its
+    service stopped with the job) is a warning: the error that ended the run is the one to report."""
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            try:
+                wandb.finish()
+            except Exception as err:
+                if not failing:
+                    raise
+                log.warning("the W&B run could not be closed (%s: %s); it is resumed with the run", type(err).__name__, err)
 
 
 def train_command(cfg: DictConfig) -> float | None:
     """``train`` as ``tagrank-train`` runs it, where Hydra's own settings (the launcher) are this command's."""
     refuse_launcher_without_multirun()
     hydra_cfg = HydraConfig.get()
-    return train(cfg, Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log")
+    with reporting_nothing_once_slurm_stops_the_job():
+        return train(cfg, Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log")
+
+
+@contextmanager
+def reporting_nothing_once_slurm_stops_the_job() -> Iterator[None]:
+    """Under SLURM, a job that SLURM stops (requeue, preemption, time limit, scancel) gets SIGTERM, then SIGKILL
+    KillWait seconds later. What the SIGTERM does on the way must not be reported as the run's result: Lightning
+    ends training with SIGTERMException, and the W&B service, which got the signal too, fails the next log call
+    with ConnectionResetError, which Hydra would record as the run's error and submitit as the job's result, so
+    that the sweep would end without the requeued job. Once SLURM has sent SIGTERM, the run ends with SystemExit
+    (exit status 143), which neither records: the requeued job reports instead, from its checkpoint."""
+    if not SLURMEnvironment.detect():
+        yield
+        return
+    stopped: list[int] = []
+    before = signal.getsignal(signal.SIGTERM)
+
+    def take_note(signum, frame) -> None:
+        stopped.append(signum)
+        if callable(before):
+            before(signum, frame)  # submitit's: it logs the signal
+        elif before == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, take_note)  # Lightning adds its own handler to it while it fits or tests
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        if stopped:  # in place of whatever error the SIGTERM caused, or of the result
+            log.warning("SLURM stopped this job (SIGTERM): no result from it; a requeued job goes on from its checkpoint")
+            raise SystemExit(128 + signal.SIGTERM)
 
 
 main = command("train", train_command)
