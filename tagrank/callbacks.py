@@ -32,6 +32,8 @@ class StagedFinetuning(BaseFinetuning):
     decay 1e-3 as a second parameter group (visible as its own learning rate in the logger). Lightning's
     ``BackboneFinetuning`` counts epochs; this one counts steps. ``BaseFinetuning`` stores the added
     group, so a run resumed after the switch restores it (and the backbone is made trainable again).
+    With ``backbone.finetune_blocks`` only the model's ``finetuned_modules`` (the backbone's top) join,
+    on the trunk's cached outputs instead of images.
     """
 
     def __init__(self, unfreeze_at_step: int, lr: float = 1e-5, weight_decay: float = 1e-3) -> None:
@@ -49,7 +51,8 @@ class StagedFinetuning(BaseFinetuning):
         # unused parameters meanwhile are why trainer=ddp finds unused parameters).
         self._ddp_register = stage == "fit" and isinstance(trainer.strategy, DDPStrategy) and trainer.world_size > 1
         if self._ddp_register:
-            pl_module.backbone.requires_grad_(True)
+            for module in pl_module.finetuned_modules():
+                module.requires_grad_(True)
 
     def finetune_function(self, pl_module, epoch: int, optimizer) -> None:
         pass  # step-based: see on_train_batch_start
@@ -58,7 +61,7 @@ class StagedFinetuning(BaseFinetuning):
         resumed_after_switch = self._restarting and len(self._internal_optimizer_metadata.get(0, [])) > 1
         super().on_fit_start(trainer, pl_module)
         if resumed_after_switch:
-            self.make_trainable(pl_module.backbone)
+            self.make_trainable(pl_module.finetuned_modules())
             _start_images(trainer)  # before the sanity check: validation needs images from now on
         elif getattr(self, "_ddp_register", False):
             self.freeze(pl_module.backbone, train_bn=False)
@@ -82,18 +85,20 @@ class StagedFinetuning(BaseFinetuning):
         self._start_images_if_due(trainer)
         if trainer.global_step < self.unfreeze_at_step:
             return
-        if "image" not in batch:
+        if "image" not in batch and "trunk" not in batch:
             if getattr(trainer.datamodule, "images_started", False):
                 return  # a batch prepared before the images started: switch at the next one
             raise TagrankError("fine-tuning needs images in the batch, but this run was started with cached "
                                "features only (it did not expect to reach model.finetune_after_steps)")
         optimizer = trainer.optimizers[0]
         n_groups = len(optimizer.param_groups)
-        self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=self.lr, train_bn=True)
+        self.unfreeze_and_add_param_group(pl_module.finetuned_modules(), optimizer, lr=self.lr, train_bn=True)
         optimizer.param_groups[-1]["weight_decay"] = self.weight_decay
         self._store(pl_module, 0, n_groups, optimizer.param_groups)
         pl_module.mark_finetuned()
-        log.info("step %d: backbone unfrozen (lr %g, weight decay %g)", trainer.global_step, self.lr, self.weight_decay)
+        blocks = pl_module.finetune_blocks
+        log.info("step %d: %s unfrozen (lr %g, weight decay %g)", trainer.global_step,
+                 "backbone" if blocks is None else f"backbone's last {blocks} blocks and head", self.lr, self.weight_decay)
 
 
 def _start_images(trainer) -> None:
@@ -240,8 +245,9 @@ class ChannelsLast(Callback):
         pl_module.backbone.to(memory_format=torch.channels_last)
 
     def _convert(self, batch) -> None:
-        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) and batch["image"].dim() == 4:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        for key in ("image", "trunk"):  # the trunk's cached output enters the top as the image would
+            if isinstance(batch, dict) and isinstance(batch.get(key), torch.Tensor) and batch[key].dim() == 4:
+                batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._convert(batch)

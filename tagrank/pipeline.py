@@ -56,6 +56,13 @@ def check_backbone(cfg: DictConfig) -> None:
         raise TagrankError(f"backbone.name={node.name!r} is unknown; expected one of {sorted(BACKBONES)}")
     for key in ("image_size", "feature_batch_size"):
         check_value(f"backbone.{key}", node[key], PositiveInt)
+    blocks = node.get("finetune_blocks")
+    if blocks is not None:
+        check_value("backbone.finetune_blocks", blocks, PositiveInt)
+        if not hasattr(BACKBONES[node.name], "top_modules"):
+            raise TagrankError(f"backbone.finetune_blocks={blocks}: backbone={node.name} has no blocks to split; "
+                               "it is for the EfficientNet-Lite backbones (null fine-tunes the whole backbone)")
+        BACKBONES[node.name].check_top_blocks(blocks)
 
 
 def checkpoint_class(path: Path) -> str:
@@ -73,6 +80,7 @@ def build_model(cfg: DictConfig, num_tags: int) -> LightningModule:
     """The configured method with the backbone's pretrained weights loaded (from disk, never the web)."""
     model = instantiate(cfg.model, "model", num_tags=num_tags)
     load_pretrained(model.backbone, resolve_weights(cfg.backbone.name, cfg.backbone.weights))
+    model.finetune_blocks = cfg.backbone.get("finetune_blocks")
     return model
 
 
@@ -91,6 +99,11 @@ def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModu
 
     A model whose backbone was already fine-tuned gets images only: caching features of every
     fine-tuned checkpoint would fill the cache with entries no other run can use.
+
+    With ``backbone.finetune_blocks`` the frozen trunk's outputs (cached once, like the features) stand in
+    for the images. They are exactly what the images would give below the top: the image transform is
+    deterministic (a square resize, no random augmentation) and the trunk is frozen, BatchNorm included.
+    A transform that drew random crops or flips would need images at every step instead.
     """
     bb = model.backbone
     transform = image_transform(cfg.backbone.image_size, bb.mean, bb.std)
@@ -98,11 +111,13 @@ def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModu
         dm.use_features(None)
         dm.use_images(transform)
         return
-    dm.use_images(transform if need_images else None, deferred=True)  # StagedFinetuning starts them
-    features = cached_features(dm, bb, cfg.backbone.name, state_digest(bb), cfg.backbone.image_size, transform,
-                               batch_size=cfg.backbone.feature_batch_size, num_workers=dm.num_workers,
-                               grid=getattr(model, "feature_grid", None))
-    dm.use_features(features)
+    blocks = getattr(model, "finetune_blocks", None)
+    digest = state_digest(bb)
+    dm.use_images(transform if need_images and blocks is None else None, deferred=True)  # StagedFinetuning starts them
+    cached = dict(backbone=bb, backbone_name=cfg.backbone.name, weights_digest=digest, image_size=cfg.backbone.image_size,
+                  transform=transform, batch_size=cfg.backbone.feature_batch_size, num_workers=dm.num_workers)
+    dm.use_features(cached_features(dm, **cached, grid=getattr(model, "feature_grid", None)))
+    dm.use_trunk(cached_features(dm, **cached, top_blocks=blocks) if need_images and blocks is not None else None)
 
 
 def planned_steps(cfg: DictConfig, dm: RankedTagDataModule) -> int:

@@ -20,10 +20,11 @@ class BackboneDigest(Callback):
 
 class BatchInputs(Callback):
     """Records, per training step, whether the batch carried images (``<run>/batch_inputs.txt``: one
-    ``step:image|features`` per line): a run that fine-tunes later must not decode images before."""
+    ``step:image|trunk|features`` per line): a run that fine-tunes later must not decode images before;
+    ``trunk``: the frozen trunk's cached outputs (``backbone.finetune_blocks``)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        kind = "image" if "image" in batch else "features"
+        kind = "image" if "image" in batch else "trunk" if "trunk" in batch else "features"
         with open(Path(trainer.default_root_dir) / "batch_inputs.txt", "a") as f:
             f.write(f"{trainer.global_step}:{kind}\n")
 

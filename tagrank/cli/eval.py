@@ -50,7 +50,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     # The model's backbone comes from the checkpoint: features made by another (or at another size) would
     # be cached and scored under the wrong name.
-    backbone = {k: v for k, v in run_settings(cfg).items() if k.startswith("backbone.")}
+    # (finetune_blocks only says how it was trained: the checkpoint holds the whole backbone)
+    backbone = {k: v for k, v in run_settings(cfg).items() if k.startswith("backbone.") and k != "backbone.finetune_blocks"}
     check_trained_with(ckpt, backbone, str(cfg.ckpt_path), "evaluate it with the backbone it was trained with "
                        "(leave backbone out: it comes from its run)")
 

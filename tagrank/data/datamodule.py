@@ -3,7 +3,8 @@
 A batch is a dict: ``index`` (row in the manifest), ``target`` (tag ids in ground-truth order, padded
 with -1; the training split's in ``data.train_order``, the human order by default), and ``features`` (cached backbone features) and/or ``image`` (uint8 pixels [3, S, S], resized;
 the model normalises whole batches on its device: ``backbone_input``), depending on whether the
-backbone is frozen for the whole run or fine-tuned.
+backbone is frozen for the whole run or fine-tuned; with ``backbone.finetune_blocks``, ``trunk`` (the
+frozen trunk's cached output) stands in for the image.
 """
 
 from __future__ import annotations
@@ -47,15 +48,17 @@ class RankedTagDataset(Dataset):
 
     With both attached, images are read only while ``images_on`` (a shared-memory flag, so loader
     worker processes see it flip) is set: a run that fine-tunes later trains on features alone until
-    shortly before the switch, instead of reading every image it does not use.
+    shortly before the switch, instead of reading every image it does not use. ``trunk`` (the frozen
+    trunk's outputs, ``backbone.finetune_blocks``) is served as images are, in their place.
     """
 
     def __init__(self, rows: list[int], targets: torch.Tensor, paths: list[Path],
                  features: torch.Tensor | None = None, transform: ImageTransform | None = None,
-                 images_on: torch.Tensor | None = None, pixels: DecodedImages | None = None) -> None:
+                 images_on: torch.Tensor | None = None, pixels: DecodedImages | None = None,
+                 trunk: torch.Tensor | None = None) -> None:
         self.rows, self.targets, self.paths = rows, targets, paths
         self.features, self.transform, self.pixels = features, transform, pixels
-        self.images_on = images_on
+        self.images_on, self.trunk = images_on, trunk
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,7 +68,10 @@ class RankedTagDataset(Dataset):
         item = {"index": torch.tensor(row), "target": self.targets[row]}
         if self.features is not None:
             item["features"] = self.features[row]
-        if self.transform is not None and (self.features is None or self.images_on is None or bool(self.images_on)):
+        images_on = self.features is None or self.images_on is None or bool(self.images_on)
+        if self.trunk is not None and images_on:
+            item["trunk"] = self.trunk[row]
+        if self.transform is not None and images_on:
             if self.pixels is not None:
                 item["image"] = self.pixels[row]
             else:
@@ -139,6 +145,7 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
         self.records: list[Record] = []
         self.vocab: Vocabulary | None = None
         self.features: torch.Tensor | None = None
+        self.trunk: torch.Tensor | None = None
         self.transform: ImageTransform | None = None
         self.images_on = torch.ones((), dtype=torch.bool).share_memory_()
         self._resume_at: dict | None = None
@@ -203,6 +210,13 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
             raise TagrankError(f"feature cache has {len(features)} rows for {len(self.records)} images")
         self.features = features
 
+    def use_trunk(self, trunk: torch.Tensor | None) -> None:
+        """Serve the frozen trunk's cached outputs (``backbone.finetune_blocks``) where images would be
+        served, under the same :meth:`start_images`: they are what the images give below the top."""
+        if trunk is not None and len(trunk) != len(self.records):
+            raise TagrankError(f"trunk cache has {len(trunk)} rows for {len(self.records)} images")
+        self.trunk = trunk
+
     def use_images(self, transform: ImageTransform | None, deferred: bool = False) -> None:
         """Give items images made by ``transform``; ``deferred``: only after :meth:`start_images` (features
         before). With ``data.image_cache`` (the default) they are read from the decoded-image cache,
@@ -222,14 +236,14 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
 
     @property
     def images_started(self) -> bool:
-        return self.transform is not None and bool(self.images_on)
+        return (self.transform is not None or self.trunk is not None) and bool(self.images_on)
 
     def dataset(self, split: str) -> RankedTagDataset:
         self.setup()
-        if self.features is None and self.transform is None:
+        if self.features is None and self.transform is None and self.trunk is None:
             raise TagrankError("the data module has neither cached features nor an image transform attached")
         return RankedTagDataset(self.rows(split), self.targets, self.paths, self.features, self.transform,
-                                self.images_on, self.pixels)
+                                self.images_on, self.pixels, self.trunk)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # Seeded, resumable order for training; unpadded shards for evaluation under DDP (samplers.py).

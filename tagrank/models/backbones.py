@@ -148,10 +148,36 @@ class EfficientNetLite(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map [B, 1280, S/32, S/32] (after the head and its ReLU6), before pooling."""
+        return self.top(self.trunk(x, 0), 0)
+
+    # backbone.finetune_blocks=N splits the network in two: the trunk (stem and every block but the last
+    # N), frozen, whose output is cached once per image (tagrank.data.features), and the top (the last
+    # N blocks and the 1x1 head convolution above them), fine-tuned on that cached output. top(trunk(x))
+    # is feature_map(x), the same operations in the same order: nothing is approximated.
+    @classmethod
+    def check_top_blocks(cls, n: int) -> None:
+        blocks = sum(stage[1] for stage in cls.STAGES)
+        if not 1 <= n <= blocks:
+            raise TagrankError(f"backbone.finetune_blocks={n}: {cls.__name__} has {blocks} blocks; expected 1 to "
+                               f"{blocks}, or null to fine-tune the whole backbone")
+
+    def trunk(self, x: torch.Tensor, top_blocks: int) -> torch.Tensor:
+        """The feature map entering block ``-top_blocks`` (all blocks when ``top_blocks`` is 0)."""
         x = nn.functional.relu6(conv_bn(self._conv_stem, self._bn0, x))
-        for block in self._blocks:
+        for block in self._blocks[:len(self._blocks) - top_blocks]:
+            x = block(x)
+        return x
+
+    def top(self, x: torch.Tensor, top_blocks: int) -> torch.Tensor:
+        """The last feature map from the trunk's output ``x``: the last ``top_blocks`` blocks, then the head."""
+        for block in self._blocks[len(self._blocks) - top_blocks:]:
             x = block(x)
         return nn.functional.relu6(conv_bn(self._conv_head, self._bn1, x))
+
+    def top_modules(self, top_blocks: int) -> list[nn.Module]:
+        """What fine-tuning the last ``top_blocks`` blocks trains: those blocks and the head convolution
+        (with their BatchNorm's affine parameters; its statistics stay frozen, see ``RankedTagger.train``)."""
+        return [*self._blocks[len(self._blocks) - top_blocks:], self._conv_head, self._bn1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.feature_map(x).mean(dim=(2, 3))
@@ -239,6 +265,18 @@ def backbone_output(backbone: nn.Module, images: torch.Tensor, grid: int | None 
     if grid is None:
         return backbone(x)
     return nn.functional.adaptive_avg_pool2d(backbone.feature_map(x), grid)
+
+
+def trunk_output(backbone: nn.Module, images: torch.Tensor, top_blocks: int) -> torch.Tensor:
+    """The frozen trunk's output for a batch of images: the map entering block ``-top_blocks``."""
+    return backbone.trunk(backbone_input(backbone, images), top_blocks)
+
+
+def top_output(backbone: nn.Module, trunk: torch.Tensor, top_blocks: int, grid: int | None = None) -> torch.Tensor:
+    """What :func:`backbone_output` gives for the images whose trunk output is ``trunk``: the top's map,
+    pooled the same way (EfficientNet-Lite's ``features`` is the map's mean)."""
+    fmap = backbone.top(trunk, top_blocks)
+    return fmap.mean(dim=(2, 3)) if grid is None else nn.functional.adaptive_avg_pool2d(fmap, grid)
 
 
 def default_weights(name: str) -> str | None:

@@ -25,7 +25,7 @@ from tagrank.callbacks import StagedFinetuning
 from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, Relevance, SetMetrics
-from tagrank.models.backbones import backbone_input, backbone_output, build_backbone
+from tagrank.models.backbones import backbone_input, backbone_output, build_backbone, top_output
 
 class RankedTagger(LightningModule):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: PositiveInt = 10,
@@ -93,11 +93,24 @@ class RankedTagger(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"].setdefault("backbone_finetuned", torch.tensor(False))  # older checkpoints
 
+    # backbone.finetune_blocks (set by tagrank.pipeline.build_model, checked by check_backbone): fine-tune
+    # only the backbone's last N blocks and its head convolution, on the frozen trunk's outputs cached
+    # once per image ("trunk" in the batch) instead of on images; None: the whole backbone, on images.
+    # Not a hyperparameter: it changes how training computes, not the model (a checkpoint holds the
+    # whole backbone and is used on images like any fine-tuned one); the run's settings keep it (RunSettings).
+    finetune_blocks: int | None = None
+
+    def finetuned_modules(self) -> list[nn.Module]:
+        """What staged fine-tuning unfreezes: the whole backbone, or its top (``finetune_blocks``)."""
+        if self.finetune_blocks is None:
+            return [self.backbone]
+        return self.backbone.top_modules(self.finetune_blocks)
+
     @property
     def backbone_trainable(self) -> bool:
-        # The backbone is frozen and unfrozen as a whole (StagedFinetuning): one parameter tells, and
-        # checking all ~150 took 0.1 ms of every training step.
-        return next(self.backbone.parameters()).requires_grad
+        # The backbone (or its top) is frozen and unfrozen as a whole (StagedFinetuning): one parameter
+        # tells, and checking all ~150 took 0.1 ms of every training step.
+        return next(self.finetuned_modules()[0].parameters()).requires_grad
 
     @property
     def is_finetuned(self) -> bool:
@@ -120,6 +133,9 @@ class RankedTagger(LightningModule):
     def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if "computed_features" in batch:  # see _evaluate
             return batch["computed_features"]
+        if "trunk" in batch and self.finetune_blocks is not None and (self.backbone_trainable or self.is_finetuned):
+            # The top on the frozen trunk's cached output: what the whole backbone gives on the images
+            return top_output(self.backbone, batch["trunk"], self.finetune_blocks, self.feature_grid)
         if self.backbone_trainable:
             if "image" not in batch:
                 raise TagrankError("the backbone is being fine-tuned but the batch has no images")
