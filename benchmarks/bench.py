@@ -17,6 +17,9 @@ Figures (issue 14):
                 fine-tuning step (loader, backbone forward and backward, head, Adam) with each; and that
                 step's backbone FLOPs a second against a 1024x1024 float32 matrix product (how near the
                 CPU's limit it runs)
+  finetune_blocks  a fine-tuning step of the last N blocks (--finetune-blocks) on the trunk's cached outputs
+                (backbone.finetune_blocks=N) against the same step of the whole backbone from images, and
+                against the same N blocks trained through the whole network from images; 3 steps a round
   metrics       NDCG@k and P@k for 10,000 images x k = 1..10 (RankingMetrics) against the plain-list
                 reference functions
   memory        peak resident memory of a short fine-tuning run (both caches) against the caches' size;
@@ -293,6 +296,48 @@ def bench_finetune(setup: Setup, repeats: int, batches: int = 40, steps: int = 6
     return out
 
 
+# -- 3b. fine-tuning the top on the cached trunk (backbone.finetune_blocks) ------------------------------
+def bench_finetune_blocks(setup: Setup, repeats: int, blocks: int = 5, steps: int = 3) -> dict[str, dict]:
+    """One fine-tuning step (loss, backward, Adam on the head and the trainable backbone part) at batch 16
+    on batches already in memory, three ways: the last ``blocks`` blocks and head conv on the trunk's
+    outputs (what the trunk cache holds: ``trunk_output``, computed here for the batches used), the same
+    blocks through the whole network from the images (the rest frozen), and the whole backbone."""
+    from tagrank.data.images import load_image
+    from tagrank.models.backbones import trunk_output
+    from tagrank.pipeline import build_model
+
+    dm, transform = setup.dm, _transform(setup)
+    rows = torch.tensor(dm.rows("train"))[torch.randperm(len(dm.rows("train")), generator=torch.Generator().manual_seed(0))]
+    batches = [{"index": pick, "target": dm.targets[pick],
+                "image": torch.stack([transform.resize(load_image(dm.paths[r])).as_subclass(torch.Tensor) for r in pick.tolist()])
+                .contiguous(memory_format=torch.channels_last)}
+               for pick in rows[: steps * BATCH].split(BATCH)]
+
+    def trainer_of(top_blocks: int | None) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        model = build_model(setup.cfg, dm.num_tags)
+        model.finetune_blocks = top_blocks
+        model.train()
+        model.backbone.to(memory_format=torch.channels_last)
+        params = [p for m in model.finetuned_modules() for p in m.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = model.configure_optimizers()
+        optimizer.add_param_group({"params": params, "lr": 1e-5, "weight_decay": 1e-3})
+        model.mark_finetuned()
+        return model, optimizer
+
+    (full, full_opt), (whole, whole_opt), (top, top_opt) = trainer_of(None), trainer_of(blocks), trainer_of(blocks)
+    with torch.no_grad():
+        cached = [{"index": b["index"], "target": b["target"],
+                   "trunk": trunk_output(top.backbone, b["image"], blocks).contiguous(memory_format=torch.channels_last)}
+                  for b in batches]
+    r = interleaved({"full": steps_of(full.loss, full_opt, batches), "whole": steps_of(whole.loss, whole_opt, batches),
+                     "cached": steps_of(top.loss, top_opt, cached)}, repeats)
+    vs_full, vs_whole = r["cached"] / r["full"], r["cached"] / r["whole"]
+    return {f"finetune_blocks{blocks}_vs_full": figure(r["cached"], "images/s", r["full"], vs_full, ">= 3", vs_full >= 3),
+            f"finetune_blocks{blocks}_vs_through_images": figure(r["cached"], "images/s", r["whole"], vs_whole, None, None)}
+
+
 def backbone_flops(model: torch.nn.Module, images: torch.Tensor) -> float:
     """The backbone's forward FLOPs an image (``torch.utils.flop_counter``); training costs 3x: the
     backward computes the input's and the weights' gradients, each a product the size of the forward's."""
@@ -397,7 +442,9 @@ def show(name: str, f: dict) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--only", default="head,extract,finetune,metrics,memory,convert")
+    p.add_argument("--only", default="head,extract,finetune,finetune_blocks,metrics,memory,convert")
+    p.add_argument("--finetune-blocks", type=int, default=5, help="N of the finetune_blocks figures (5: Lite0's "
+                   "blocks at 1/32 of the image size)")
     p.add_argument("--coco-images", type=int, default=30_000, help="generated COCO training images (118287: full size)")
     p.add_argument("--json", default=str(ROOT / "results" / "bench.json"))
     p.add_argument("--threads", type=int, default=1,
@@ -425,7 +472,7 @@ def measure(a: argparse.Namespace) -> int:
             show(name, f)
         results.update(figures)
 
-    if only & {"head", "extract", "finetune"}:
+    if only & {"head", "extract", "finetune", "finetune_blocks"}:
         setup = Setup()
         if "head" in only:
             add(bench_head(setup, a.repeats))
@@ -433,6 +480,8 @@ def measure(a: argparse.Namespace) -> int:
             add(bench_extract(setup, a.repeats))
         if "finetune" in only:
             add(bench_finetune(setup, a.repeats))
+        if "finetune_blocks" in only:
+            add(bench_finetune_blocks(setup, a.repeats, a.finetune_blocks))
     if "metrics" in only:
         add(bench_metrics(a.repeats))
     if "memory" in only:

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
-from tagrank.data.datamodule import image_transform
+from tagrank.data.datamodule import image_transform, load_image
 from tagrank.data.features import feature_cache_path
 from tagrank.errors import TagrankError
+from tagrank.export import export
 from tagrank.models.backbones import load_pretrained, resolve_weights
 from tagrank.pipeline import attach_inputs, build_data, build_model, build_trainer, check_backbone, state_digest
 from tagrank.predict import predict
 from tagrank.train import train
 
 from .conftest import TINY, compose_cfg
+from .test_export import run_exported
 
 BLOCKS = 3
 # The paper's schedule shortened: one step on cached features, then four with the top joining (at a
@@ -82,10 +85,10 @@ def test_the_cached_trunk_gives_the_weights_of_fine_tuning_through_the_whole_net
     assert trunk.dtype == torch.float32 and trunk.shape == (len(dm.records), channels, 2, 2)  # 64 px / 32
 
 
-def test_train_checkpoint_predict(tmp_path, cache_dir):
+def test_train_checkpoint_predict_export(tmp_path, cache_dir):
     """A tiny run with finetune_blocks: its best checkpoint holds the whole fine-tuned backbone, and
     tagrank-predict, running that backbone on the photos, gives the lists the run's test wrote (which it
-    computed on the cached trunk)."""
+    computed on the cached trunk); so does the exported model."""
     run = tmp_path / "run"
     cfg = compose_cfg(TINY + ["backbone.finetune_blocks=2", "model=scorer", "model.finetune_after_steps=2",
                               "model.finetune_lr=0.001", "trainer.max_steps=6", "trainer.max_epochs=-1",
@@ -108,6 +111,18 @@ def test_train_checkpoint_predict(tmp_path, cache_dir):
     assert len(got) == len(written) == 48
     for row in got:
         assert [t["tag"] for t in row["tags"]] == written[names[row["image"].rsplit("/", 1)[-1]]], row["image"]
+
+    # The exported model (the whole backbone inside) gives predict's tags and scores on the same photos.
+    out = tmp_path / "tagger.pt"
+    export(compose_cfg([f"ckpt_path={run}/checkpoints/best.ckpt", "format=torchscript", f"out={out}"],
+                       tmp_path / "export", cache_dir, config_name="export"))
+    resize = image_transform(cfg.backbone.image_size, (0.5,) * 3, (0.5,) * 3).resize
+    images = torch.stack([resize(load_image(row["image"])).as_subclass(torch.Tensor) for row in got])
+    ids, scores = run_exported(out, "torchscript", images)
+    tags = json.loads((tmp_path / "tagger.pt.json").read_text())["tags"]
+    for row, row_ids, row_scores in zip(got, ids, scores):
+        assert [tags[i] for i in row_ids] == [t["tag"] for t in row["tags"]]
+        np.testing.assert_allclose(row_scores, [t["score"] for t in row["tags"]], atol=1e-4)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -33,13 +33,15 @@ def choice(group: str) -> str | None:
     return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
 
 
-def schedule(planned: int, finetune_at: int) -> str:
+def schedule(planned: int, finetune_at: int, blocks: int | None = None) -> str:
     steps = "no step limit" if planned == sys.maxsize else f"at most {planned} steps"
     if finetune_at <= 0:
         return f"{steps}; the backbone stays frozen (no fine-tuning stage)"
     if finetune_at >= planned:
         return f"{steps}; the backbone stays frozen: model.finetune_after_steps={finetune_at} is beyond them"
-    return f"{steps}; the backbone is fine-tuned from step {finetune_at} (model.finetune_after_steps)"
+    which = "the backbone is" if blocks is None else f"the backbone's last {blocks} blocks and head conv are"
+    cached = "" if blocks is None else ", on the frozen trunk's cached output (backbone.finetune_blocks)"
+    return f"{steps}; {which} fine-tuned from step {finetune_at} (model.finetune_after_steps){cached}"
 
 
 def describe(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModule, planned: int) -> dict[str, str]:
@@ -52,7 +54,8 @@ def describe(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModule, p
         "vocabulary": f"{dm.num_tags} tags (data.min_tag_count={dm.min_tag_count})",
         "backbone": f"{cfg.backbone.name} at {cfg.backbone.image_size} px",
         "method": f"{choice('model') or type(model).__name__} ({type(model).__name__}): {hparams}",
-        "schedule": schedule(planned, int(model.hparams.get("finetune_after_steps", 0))),
+        "schedule": schedule(planned, int(model.hparams.get("finetune_after_steps", 0)),
+                             getattr(model, "finetune_blocks", None)),
         "seed": str(cfg.seed),
     }
 
