@@ -133,3 +133,28 @@ def test_train_checkpoint_predict_export(tmp_path, cache_dir):
 def test_bad_values_are_one_line(overrides, message, tmp_path, cache_dir):
     with pytest.raises(TagrankError, match=message):
         check_backbone(compose_cfg(overrides, tmp_path, cache_dir))
+
+
+def test_a_run_resumed_after_the_switch_goes_on_training_the_top_on_the_trunk(tmp_path, cache_dir):
+    """Resumed from last.ckpt after the switch: the same top is trainable again, with its optimiser group
+    and Adam state restored, and it goes on training on the cached trunk; the trunk stays pretrained."""
+    run = [f"backbone.finetune_blocks={BLOCKS}", "model=lstm", "model.finetune_after_steps=2", "model.finetune_lr=0.001",
+           "trainer.max_epochs=-1", "trainer.limit_val_batches=0", "test=false",
+           "callbacks.step_checkpoint.every_n_train_steps=1", "+callbacks.inputs._target_=tests.probes.BatchInputs"]
+    cut = tmp_path / "cut"
+    train(compose_cfg(TINY + run + ["trainer.max_steps=4"], cut, cache_dir))
+    at4 = torch.load(cut / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    train(compose_cfg(TINY + run + ["trainer.max_steps=7", f"ckpt_path={cut}/checkpoints/last.ckpt"],
+                      tmp_path / "resumed", cache_dir))
+    at7 = torch.load(cut / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert (at4["global_step"], at7["global_step"]) == (4, 7)
+    assert (cut / "batch_inputs.txt").read_text().split()[4:] == [f"{s}:trunk" for s in range(4, 7)]
+    groups = at7["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 2 and len(groups[1]["params"]) == 3 * 9 + 3  # the top's weights, nothing below
+    state = at7["optimizer_states"][0]["state"]
+    assert {float(state[i]["step"]) for i in groups[1]["params"]} == {5.0}  # steps 2-6: Adam's state went on
+    first_top = 16 - BLOCKS
+    for key, value in at7["state_dict"].items():
+        if key.startswith("backbone._blocks.") and "running" not in key and value.is_floating_point():
+            trained = int(key.split(".")[2]) >= first_top
+            assert torch.equal(value, at4["state_dict"][key]) != trained, key
