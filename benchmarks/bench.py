@@ -17,9 +17,10 @@ Figures (issue 14):
                 fine-tuning step (loader, backbone forward and backward, head, Adam) with each; and that
                 step's backbone FLOPs a second against a 1024x1024 float32 matrix product (how near the
                 CPU's limit it runs)
-  finetune_blocks  a fine-tuning step of the last N blocks (--finetune-blocks) on the trunk's cached outputs
-                (backbone.finetune_blocks=N) against the same step of the whole backbone from images, and
-                against the same N blocks trained through the whole network from images; 3 steps a round
+  finetune_blocks  ``blocksN_vs_full``: a fine-tuning step of the last N blocks (--finetune-blocks) on the
+                trunk's cached outputs (backbone.finetune_blocks=N) against a step of the whole backbone from
+                images; ``blocksN_vs_images``: against the same N blocks trained through the whole network
+                from images (the rest frozen); batches in memory, 3 steps a round
   metrics       NDCG@k and P@k for 10,000 images x k = 1..10 (RankingMetrics) against the plain-list
                 reference functions
   memory        peak resident memory of a short fine-tuning run (both caches) against the caches' size;
@@ -334,8 +335,9 @@ def bench_finetune_blocks(setup: Setup, repeats: int, blocks: int = 5, steps: in
     r = interleaved({"full": steps_of(full.loss, full_opt, batches), "whole": steps_of(whole.loss, whole_opt, batches),
                      "cached": steps_of(top.loss, top_opt, cached)}, repeats)
     vs_full, vs_whole = r["cached"] / r["full"], r["cached"] / r["whole"]
-    return {f"finetune_blocks{blocks}_vs_full": figure(r["cached"], "images/s", r["full"], vs_full, ">= 3", vs_full >= 3),
-            f"finetune_blocks{blocks}_vs_through_images": figure(r["cached"], "images/s", r["whole"], vs_whole, None, None)}
+    # "Several times faster" than full fine-tuning is issue 24's expectation (3.1x and 3.4x measured, N=5).
+    return {f"blocks{blocks}_vs_full": figure(r["cached"], "images/s", r["full"], vs_full, ">= 3", vs_full >= 3),
+            f"blocks{blocks}_vs_images": figure(r["cached"], "images/s", r["whole"], vs_whole, None, None)}
 
 
 def backbone_flops(model: torch.nn.Module, images: torch.Tensor) -> float:
