@@ -103,7 +103,8 @@ def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModu
     With ``backbone.finetune_blocks`` the frozen trunk's outputs (cached once, like the features) stand in
     for the images. They are exactly what the images would give below the top: the image transform is
     deterministic (a square resize, no random augmentation) and the trunk is frozen, BatchNorm included.
-    A transform that drew random crops or flips would need images at every step instead.
+    A transform that drew random crops or flips (``deterministic`` false) gets images at every step
+    instead, through the whole network with only the top trainable: the same training, not cached.
     """
     bb = model.backbone
     transform = image_transform(cfg.backbone.image_size, bb.mean, bb.std)
@@ -112,12 +113,13 @@ def attach_inputs(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModu
         dm.use_images(transform)
         return
     blocks = getattr(model, "finetune_blocks", None)
+    trunk = need_images and blocks is not None and transform.deterministic
     digest = state_digest(bb)
-    dm.use_images(transform if need_images and blocks is None else None, deferred=True)  # StagedFinetuning starts them
+    dm.use_images(transform if need_images and not trunk else None, deferred=True)  # StagedFinetuning starts them
     cached = dict(backbone=bb, backbone_name=cfg.backbone.name, weights_digest=digest, image_size=cfg.backbone.image_size,
                   transform=transform, batch_size=cfg.backbone.feature_batch_size, num_workers=dm.num_workers)
     dm.use_features(cached_features(dm, **cached, grid=getattr(model, "feature_grid", None)))
-    dm.use_trunk(cached_features(dm, **cached, top_blocks=blocks) if need_images and blocks is not None else None)
+    dm.use_trunk(cached_features(dm, **cached, top_blocks=blocks) if trunk else None)
 
 
 def planned_steps(cfg: DictConfig, dm: RankedTagDataModule) -> int:

@@ -69,6 +69,10 @@ class ImageTransform:
     border) to uint8, then scale to [0, 1] and normalise. In two halves, so that the decoded-image
     cache stores the first one's output and gives the same tensors as decoding."""
 
+    # No random augmentation: an image gives the same tensor at every step. The decoded-image cache and
+    # the trunk cache of backbone.finetune_blocks (tagrank.pipeline.attach_inputs) rely on it.
+    deterministic = True
+
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.image_size = image_size
         self.resize = T.Compose([T.ToImage(), T.Resize((image_size, image_size), antialias=True)])
