@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from tagrank.cli.export import export
+from tagrank.cli.predict import predict
+from tagrank.cli.train import train
 from tagrank.data.datamodule import image_transform, load_image
 from tagrank.data.features import feature_cache_path
 from tagrank.data.images import ImageTransform
 from tagrank.errors import TagrankError
-from tagrank.export import export
 from tagrank.models.backbones import load_pretrained, resolve_weights
 from tagrank.pipeline import attach_inputs, build_data, build_model, build_trainer, check_backbone, state_digest
-from tagrank.predict import predict
-from tagrank.train import train
 
 from .conftest import TINY, compose_cfg
 from .test_export import run_exported
