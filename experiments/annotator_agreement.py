@@ -84,7 +84,7 @@ def measure(cfg: DictConfig) -> None:
     noises = numbers("noise", cfg.noise)
     check_value("scenes", cfg.scenes, PositiveInt)
     coco = cfg.coco if cfg.coco is not None else [str(p) for p in COCO_MINI]
-    files = [str(f) for f in (coco if isinstance(coco, ListConfig) else [coco])]
+    files = [str(f) for f in (coco if isinstance(coco, (list, ListConfig)) else [coco])]
     share, pairs = top1_agreement([lists for f in files for lists in caption_lists(Path(f))])
     print(f"COCO captions ({','.join(files)}):\n  same first category in {share:.3f} of {pairs} caption pairs")
     for noise in noises:
