@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tagrank.data.normalize import COCO_SYNONYMS
+from tagrank.data.sources.normalize import COCO_SYNONYMS
 
 CATEGORIES = list(COCO_SYNONYMS)
 FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
@@ -123,9 +123,9 @@ def run(what: str, root: str, out: str) -> None:
         with open(Path(root) / "dataset_flickr8k.json") as f:
             message = f"{len(json.load(f)['images'])} images loaded"
     else:
-        from tagrank.data.captions import CaptionsSource
-        from tagrank.data.coco import CocoSource
-        from tagrank.data.source import ensure_built
+        from tagrank.data.sources.captions import CaptionsSource
+        from tagrank.data.sources.coco import CocoSource
+        from tagrank.data.sources.base import ensure_built
 
         if what == "flickr8k":
             source = CaptionsSource(root=root, annotations="dataset_flickr8k.json", vocabulary="vocabulary.txt")

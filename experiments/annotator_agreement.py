@@ -25,9 +25,9 @@ from omegaconf import DictConfig, ListConfig
 
 from tagrank.cli import command
 from tagrank.config import PositiveInt, check_value
-from tagrank.data.coco import read_captions
-from tagrank.data.convert import Problems
-from tagrank.data.normalize import COCO_SYNONYMS
+from tagrank.data.sources.coco import read_captions
+from tagrank.data.sources.raw import Problems
+from tagrank.data.sources.normalize import COCO_SYNONYMS
 from tagrank.data.synthetic import ranked_tags, render_scene
 from tagrank.errors import TagrankError
 

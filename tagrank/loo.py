@@ -1,7 +1,7 @@
 """Leave one annotator out (LOO): a method and a person scored on the same ground truths (issue 24).
 
 For an image with n >= 2 annotators' ranked lists, each list in turn is held out and the merge of the
-other n - 1 (by the converters' own mean-rank rule, :func:`tagrank.data.convert.merge_ranked`) is the
+other n - 1 (by the converters' own mean-rank rule, :func:`tagrank.data.sources.raw.merge_ranked`) is the
 ground truth. A method's list is scored against each of those n merges and the n scores averaged; *the
 person* is the held-out list itself scored against the same merge. Scores are means over k = 1..k_max of
 NDCG@k and P@k (:mod:`tagrank.metrics`), as Table 1. Why: the merged list of all n lists contains the
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tagrank.data.convert import merge_ranked
+from tagrank.data.sources.raw import merge_ranked
 from tagrank.metrics import ndcg_at_k, precision_at_k
 
 

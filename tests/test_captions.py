@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tagrank.data.captions import CaptionsSource, words_of
+from tagrank.data.sources.captions import CaptionsSource, words_of
 from tagrank.data.records import MANIFEST, read_manifest
-from tagrank.data.source import ensure_built
+from tagrank.data.sources.base import ensure_built
 from tagrank.errors import TagrankError
 from tagrank.cli.data import prepare
 

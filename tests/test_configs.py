@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from tagrank import CONF_DIR
 from tagrank.config import check_node
-from tagrank.data.source import Source
+from tagrank.data.sources.base import Source
 
 from .conftest import compose_cfg
 

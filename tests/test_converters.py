@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tagrank.data.coco import CocoSource, caption_mentions, phrase_index
-from tagrank.data.convert import json_items, merge_ranked, split_sizes
-from tagrank.data.labelme import LabelMeSource
-from tagrank.data.normalize import COCO_SYNONYMS, labelme_name, normalize_tag
-from tagrank.data.pascal07 import Pascal07Source
+from tagrank.data.sources.coco import CocoSource, caption_mentions, phrase_index
+from tagrank.data.sources.raw import json_items, merge_ranked, split_sizes
+from tagrank.data.sources.labelme import LabelMeSource
+from tagrank.data.sources.normalize import COCO_SYNONYMS, labelme_name, normalize_tag
+from tagrank.data.sources.pascal07 import Pascal07Source
 from tagrank.data.records import MANIFEST, read_manifest
-from tagrank.data.source import ensure_built
+from tagrank.data.sources.base import ensure_built
 from tagrank.errors import TagrankError
 from tagrank.cli.data import prepare
 
@@ -365,7 +365,7 @@ def test_coco_caption_order_pinned(tmp_path):
 def test_a_build_finished_by_another_process_is_kept(tmp_path):
     """Two jobs (a SLURM array, parallel trials) build the same dataset: the second keeps the first's."""
     from tagrank.data.records import Record, write_manifest
-    from tagrank.data.source import Source
+    from tagrank.data.sources.base import Source
 
     class Racing(Source):
         name = "racing"
@@ -526,7 +526,7 @@ def write_boxes(root: Path, boxes: dict[str, list[str]] = BOXES) -> None:
 def test_boxes_fixture_pinned_and_bad_lines(tmp_path):
     root = tmp_path / "boxes"
     write_boxes(root)
-    from tagrank.data.boxes import BoxesSource
+    from tagrank.data.sources.boxes import BoxesSource
 
     records, left = build(BoxesSource(root=str(root), split=[1, 0, 1]), tmp_path)
     assert lists(records) == {"a": ["chair", "tvmonitor", "book"], "b": ["sofa", "pottedplant"]}

@@ -15,7 +15,7 @@ from tagrank.data import cache
 from tagrank.data.datamodule import RankedTagDataModule
 from tagrank.data.records import (MANIFEST, Record, Vocabulary, assign_splits, dataset_stats, read_manifest,
                                   write_manifest)
-from tagrank.data.source import Source, ensure_built
+from tagrank.data.sources.base import Source, ensure_built
 from tagrank.data.synthetic import CLASSES, SyntheticSource, class_pools, render_scene
 from tagrank.errors import TagrankError
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from tagrank.data.coco import CocoSource
-from tagrank.data.download import MARKER, download_dataset, fetch
-from tagrank.data.pascal07 import Pascal07Source
+from tagrank.data.sources.coco import CocoSource
+from tagrank.data.sources.download import MARKER, download_dataset, fetch
+from tagrank.data.sources.pascal07 import Pascal07Source
 from tagrank.data.records import MANIFEST, read_manifest
-from tagrank.data.source import ensure_built
+from tagrank.data.sources.base import ensure_built
 from tagrank.errors import TagrankError
 
 from .test_converters import VOC_OBJECTS, run_prepare, write_coco, write_voc

@@ -35,13 +35,13 @@ import pytest
 import torch
 
 from tagrank.data import cache
-from tagrank.data.boxes import BoxesSource
-from tagrank.data.captions import CaptionsSource
-from tagrank.data.coco import CocoSource
-from tagrank.data.convert import SKIPPED
+from tagrank.data.sources.boxes import BoxesSource
+from tagrank.data.sources.captions import CaptionsSource
+from tagrank.data.sources.coco import CocoSource
+from tagrank.data.sources.raw import SKIPPED
 from tagrank.data.features import feature_cache_path
-from tagrank.data.labelme import LabelMeSource
-from tagrank.data.pascal07 import Pascal07Source
+from tagrank.data.sources.labelme import LabelMeSource
+from tagrank.data.sources.pascal07 import Pascal07Source
 from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, read_manifest
 from tagrank.errors import TagrankError
 

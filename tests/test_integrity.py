@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tagrank.data import cache
-from tagrank.data.boxes import BoxesSource
+from tagrank.data.sources.boxes import BoxesSource
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features, feature_cache_path
 from tagrank.data.records import MANIFEST, VOCAB, read_manifest

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from tagrank.data.convert import merge_ranked
+from tagrank.data.sources.raw import merge_ranked
 from tagrank.loo import loo_scores
 
 L3 = math.log2(3)  # the discount of place 2

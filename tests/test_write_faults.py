@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tagrank.data import cache
-from tagrank.data.source import ensure_built
+from tagrank.data.sources.base import ensure_built
 from tagrank.data.synthetic import SyntheticSource
 from tagrank.pipeline import AtomicCheckpointIO
 

@@ -23,10 +23,10 @@ from tagrank import CONF_DIR
 from tagrank.cli import command
 from tagrank.config import NonNegativeInt, PositiveFloat, check_value, instantiate
 from tagrank.data.cache import file_in_the_way, make_temp_folder
-from tagrank.data.convert import SKIPPED
-from tagrank.data.download import download_dataset
+from tagrank.data.sources.raw import SKIPPED
+from tagrank.data.sources.download import download_dataset
 from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, atomic_write_text, dataset_stats, read_manifest
-from tagrank.data.source import Source, ensure_built
+from tagrank.data.sources.base import Source, ensure_built
 from tagrank.errors import TagrankError
 
 

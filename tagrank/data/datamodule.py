@@ -27,7 +27,7 @@ from tagrank.data import cache
 from tagrank.data.images import DecodedImages, ImageTransform, cached_images, load_image  # noqa: F401 (its home before)
 from tagrank.data.records import MANIFEST, SPLITS, VOCAB, Record, Vocabulary, read_manifest
 from tagrank.data.samplers import EvalSampler, ShuffleSampler, trained_batches
-from tagrank.data.source import Source, ensure_built
+from tagrank.data.sources.base import Source, ensure_built
 from tagrank.config import NonNegativeInt, PositiveInt, check_value
 from tagrank.errors import TagrankError
 
@@ -108,7 +108,7 @@ def make_source(class_path: str, args: dict[str, Any]) -> Source:
     except Exception as err:
         raise TagrankError(f"data.source={class_path!r} is not an importable class ({err})") from err
     if not (isinstance(cls, type) and issubclass(cls, Source)):
-        raise TagrankError(f"data.source={class_path!r} is not a tagrank.data.source.Source")
+        raise TagrankError(f"data.source={class_path!r} is not a tagrank.data.sources.base.Source")
     names = {f.name for f in fields(cls)}
     hints = typing.get_type_hints(cls, include_extras=True)
     for key, value in args.items():

@@ -34,7 +34,7 @@ from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from tagrank.data import cache
-from tagrank.data.convert import IMAGE_ERRORS
+from tagrank.data.sources.raw import IMAGE_ERRORS
 from tagrank.errors import TagrankError
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tagrank.data.records import Record
-from tagrank.data.source import Source
+from tagrank.data.sources.base import Source
 from tagrank.errors import TagrankError
 
 SHAPES = {"star": 1.5, "cross": 1.25, "triangle": 1.1, "circle": 1.0, "square": 0.85, "ring": 0.7}

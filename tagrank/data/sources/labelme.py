@@ -5,7 +5,7 @@ toolbox layout; XML files directly under ``Annotations/`` and images beside thei
 annotation is ``<annotation><filename/><folder/><object><name/><deleted/><polygon>...</polygon></object>...``.
 
 As in Hwang & Grauman, an image's ranked list is the order of its non-deleted ``<object>`` elements;
-names are normalised by ``tagrank.data.normalize.labelme_name`` (lower case, trimmed, view/occlusion
+names are normalised by ``tagrank.data.sources.normalize.labelme_name`` (lower case, trimmed, view/occlusion
 words such as "occluded" or "crop" dropped, plurals and variants mapped by ``LABELME_SYNONYMS``), and a
 repeated name keeps its first position. Objects without a name are ignored.
 
@@ -20,8 +20,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tagrank.data.convert import Problems, RawSource, assign, parse_xml
-from tagrank.data.normalize import LABELME_QUALIFIERS, LABELME_SYNONYMS, labelme_name
+from tagrank.data.sources.raw import Problems, RawSource, assign, parse_xml
+from tagrank.data.sources.normalize import LABELME_QUALIFIERS, LABELME_SYNONYMS, labelme_name
 from tagrank.data.records import Record
 from tagrank.errors import TagrankError
 

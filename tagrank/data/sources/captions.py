@@ -17,7 +17,7 @@ A caption's words are its ``tokens``, lower-cased, or, for a sentence without to
 split the way Karpathy's files were made (lower case; runs of letters and digits, kept whole across
 "-" and "'"; other punctuation dropped). At each word the longest form wins, so "hot dogs" names hot
 dog and not dog. A caption's ranked list is the tags in the order it first names them; the captions
-of a photo are merged by mean rank (``tagrank.data.convert.merge_ranked``), so a tag that only one
+of a photo are merged by mean rank (``tagrank.data.sources.raw.merge_ranked``), so a tag that only one
 caption of five names ranks low. A photo none of whose captions names a tag is left out and counted.
 
 Bad input stops with one line naming the file and the line or photo, or with ``data.on_error=skip`` is
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagrank.data.convert import Problems, RawSource, first_mentions, index_phrases, json_items, merge_ranked
+from tagrank.data.sources.raw import Problems, RawSource, first_mentions, index_phrases, json_items, merge_ranked
 from tagrank.data.records import Record
 from tagrank.errors import TagrankError
 

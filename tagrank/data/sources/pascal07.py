@@ -9,8 +9,8 @@ with one line per image and annotator::
 
     000005<TAB>chair table person window
 
-Tags are lower-cased and trimmed (nothing else, see ``tagrank.data.normalize``); several lines for one
-image are merged by mean rank, ties by first appearance (``tagrank.data.convert.merge_ranked``).
+Tags are lower-cased and trimmed (nothing else, see ``tagrank.data.sources.normalize``); several lines for one
+image are merged by mean rank, ties by first appearance (``tagrank.data.sources.raw.merge_ranked``).
 ``data.order=area`` ranks the VOC classes of each image by total box area from the XML annotations,
 ``difficult`` objects left out unless ``data.include_difficult=true``.
 
@@ -24,8 +24,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tagrank.data.convert import Problems, RawSource, assign, merge_ranked, parse_xml, ranked_by_area
-from tagrank.data.normalize import normalize_tag
+from tagrank.data.sources.raw import Problems, RawSource, assign, merge_ranked, parse_xml, ranked_by_area
+from tagrank.data.sources.normalize import normalize_tag
 from tagrank.data.records import Record
 from tagrank.errors import TagrankError
 

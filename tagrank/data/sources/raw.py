@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from tagrank.data.records import SPLITS, Record, assign_splits
-from tagrank.data.source import Source
+from tagrank.data.sources.base import Source
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")

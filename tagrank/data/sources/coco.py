@@ -5,9 +5,9 @@
 (or ``images/train<year>/``...).
 
 ``data.order=captions`` (default): in each caption, the categories are ranked by their first mention, a
-mention being any phrase of ``tagrank.data.normalize.COCO_SYNONYMS`` or its plural ("A man riding a
+mention being any phrase of ``tagrank.data.sources.normalize.COCO_SYNONYMS`` or its plural ("A man riding a
 bike" -> person, bicycle; longest phrase first, so "hot dog" is not a dog). The five captions are merged
-by mean rank (``tagrank.data.convert.merge_ranked``); a category no caption mentions is left out. With
+by mean rank (``tagrank.data.sources.raw.merge_ranked``); a category no caption mentions is left out. With
 ``data.require_instance=true`` (default) only categories with an instance in the image count, which
 drops false mentions ("an orange cat" with no orange in the image).
 ``data.order=area``: categories ranked by the total area of their instances (``area`` field).
@@ -15,7 +15,7 @@ drops false mentions ("an orange cat" with no orange in the image).
 Splits: ``val<year>`` is the test split (the official held-out set); a seeded ``data.val_fraction`` of
 ``train<year>`` is the validation split, the rest is training.
 
-The JSON files are streamed element by element (``tagrank.data.convert.json_items``), never loaded
+The JSON files are streamed element by element (``tagrank.data.sources.raw.json_items``), never loaded
 whole: the 448 MB ``instances_train2017.json`` is read in bounded memory, and the full 2017 training set
 converts in well under two minutes (``benchmarks/bench_coco.py``).
 """
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagrank.data.convert import (PhraseIndex, Problems, RawSource, first_mentions, index_phrases, json_items,
+from tagrank.data.sources.raw import (PhraseIndex, Problems, RawSource, first_mentions, index_phrases, json_items,
                                   merge_ranked, ranked_by_area)
-from tagrank.data.normalize import COCO_SYNONYMS, coco_phrases
+from tagrank.data.sources.normalize import COCO_SYNONYMS, coco_phrases
 from tagrank.data.records import Record, assign_splits
 from tagrank.errors import TagrankError
 

@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tagrank.data.convert import Problems, RawSource, assign, ranked_by_area
-from tagrank.data.normalize import normalize_tag
+from tagrank.data.sources.raw import Problems, RawSource, assign, ranked_by_area
+from tagrank.data.sources.normalize import normalize_tag
 from tagrank.data.records import Record
 from tagrank.errors import TagrankError
 
