@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from tagrank.data.sources.coco import CocoSource, caption_mentions, phrase_index
-from tagrank.data.sources.raw import json_items, merge_ranked, split_sizes
+from tagrank.data.sources.json_stream import json_items
+from tagrank.data.sources.raw import merge_ranked, split_sizes
 from tagrank.data.sources.labelme import LabelMeSource
 from tagrank.data.sources.normalize import COCO_SYNONYMS, labelme_name, normalize_tag
 from tagrank.data.sources.pascal07 import Pascal07Source

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tagrank.data import cache
-from tagrank.data.datamodule import RankedTagDataModule
+from tagrank.data.datamodule import RankedTagDataModule, make_source
 from tagrank.data.records import (MANIFEST, Record, Vocabulary, assign_splits, dataset_stats, read_manifest,
                                   write_manifest)
 from tagrank.data.sources.base import Source, ensure_built
@@ -233,6 +233,14 @@ def test_train_order_reorders_the_training_lists_only(tmp_path, monkeypatch, ord
         other = _module(tmp_path, n_train=40, n_val=10, n_test=10, train_order=order)
         other.setup()
         assert _lists(other, "train") != _lists(dm, "train")
+
+
+def test_a_run_saved_before_the_converters_moved_still_names_its_source(tmp_path):
+    from tagrank.data.sources.boxes import BoxesSource
+
+    source = make_source("tagrank.data.boxes.BoxesSource", {"root": str(tmp_path)})  # as an old run's config says
+    assert type(source) is BoxesSource
+    assert source.cache_key() == make_source("tagrank.data.sources.boxes.BoxesSource", {"root": str(tmp_path)}).cache_key()
 
 
 def test_a_wrong_train_order_is_one_clear_line(tmp_path):

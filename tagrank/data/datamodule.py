@@ -97,12 +97,21 @@ def reorder(ids: list[int], order: str, seed: int, row: int) -> list[int]:
     return ids
 
 
+# Where the converters lived before tagrank/data/sources/: a run's saved config names its source class by
+# that path, and tagrank-eval and tagrank-predict read the run's config.
+MOVED_SOURCES = {f"tagrank.data.{m}.": f"tagrank.data.sources.{m}."
+                 for m in ("boxes", "captions", "coco", "labelme", "pascal07")}
+
+
 def make_source(class_path: str, args: dict[str, Any]) -> Source:
     """The ``Source`` named by ``data.source``, built from the other ``data.*`` keys it declares.
 
     Data configs are flat (``data.root``, ``data.order``, ``data.n_train``...): every key that is not a
     DataModule setting belongs to the source, and is checked against its fields here.
     """
+    for old, new in MOVED_SOURCES.items():
+        if class_path.startswith(old):
+            class_path = new + class_path.removeprefix(old)
     try:
         cls = hydra.utils.get_class(class_path)
     except Exception as err:

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagrank.data.sources.raw import Problems, RawSource, first_mentions, index_phrases, json_items, merge_ranked
+from tagrank.data.sources.json_stream import json_items
+from tagrank.data.sources.raw import Problems, RawSource, first_mentions, index_phrases, merge_ranked
 from tagrank.data.records import Record
 from tagrank.errors import TagrankError
 

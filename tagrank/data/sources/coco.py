@@ -15,7 +15,7 @@ drops false mentions ("an orange cat" with no orange in the image).
 Splits: ``val<year>`` is the test split (the official held-out set); a seeded ``data.val_fraction`` of
 ``train<year>`` is the validation split, the rest is training.
 
-The JSON files are streamed element by element (``tagrank.data.sources.raw.json_items``), never loaded
+The JSON files are streamed element by element (``tagrank.data.sources.json_stream.json_items``), never loaded
 whole: the 448 MB ``instances_train2017.json`` is read in bounded memory, and the full 2017 training set
 converts in well under two minutes (``benchmarks/bench_coco.py``).
 """
@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tagrank.data.sources.raw import (PhraseIndex, Problems, RawSource, first_mentions, index_phrases, json_items,
-                                  merge_ranked, ranked_by_area)
-from tagrank.data.sources.normalize import COCO_SYNONYMS, coco_phrases
 from tagrank.data.records import Record, assign_splits
+from tagrank.data.sources.json_stream import json_items
+from tagrank.data.sources.normalize import COCO_SYNONYMS, coco_phrases
+from tagrank.data.sources.raw import (PhraseIndex, Problems, RawSource, first_mentions, index_phrases, merge_ranked,
+                                      ranked_by_area)
 from tagrank.errors import TagrankError
 
 ORDERS = ("captions", "area")
