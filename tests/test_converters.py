@@ -363,6 +363,22 @@ def test_coco_caption_order_pinned(tmp_path):
     assert "000000000011" not in lists(loose)
 
 
+def test_coco_keeps_each_captions_own_list(tmp_path):
+    """The merge reads five lists; the manifest keeps them (non-empty ones, after the instance check) for
+    leave one annotator out, and the merged tags stay as they were."""
+    write_coco(tmp_path / "coco")
+    records, _ = build(CocoSource(root=str(tmp_path / "coco"), val_fraction=0.25), tmp_path)
+    own = {Path(r.image).stem: r.lists for r in records}
+    assert own["000000000001"] == [["person", "frisbee", "dog"], ["person", "dog", "frisbee"],
+                                   ["dog", "frisbee", "person"], ["person", "dog"], ["person", "frisbee", "dog"]]
+    # "orange" dropped (no orange instance); "kitten" and "kitty" are cats
+    assert own["000000000003"] == [["cat", "bed"], ["cat", "bed"], ["cat", "bed"], ["bed", "cat"], ["cat"]]
+    assert own["000000000010"][0] == ["person", "bicycle", "bus"]
+    assert all(len(r.lists) == 5 for r in records)
+    area, _ = build(CocoSource(root=str(tmp_path / "coco"), order="area"), tmp_path)
+    assert all(r.lists == [] for r in area)  # one order per image: nothing to leave out
+
+
 def test_a_build_finished_by_another_process_is_kept(tmp_path):
     """Two jobs (a SLURM array, parallel trials) build the same dataset: the second keeps the first's."""
     from tagrank.data.records import Record, write_manifest
@@ -393,6 +409,9 @@ def test_cache_key_follows_the_data_and_the_rules(tmp_path, monkeypatch):
     assert CocoSource(root="coco").cache_key() != key
     key = CocoSource(root="coco").cache_key()
     monkeypatch.setitem(COCO_SYNONYMS, "dog", ["puppy", "pup", "hound"])  # changed rules: rebuilt too
+    assert CocoSource(root="coco").cache_key() != key
+    key = CocoSource(root="coco").cache_key()
+    monkeypatch.setattr(CocoSource, "version", 1)  # a cache made before the manifest kept `lists`: rebuilt
     assert CocoSource(root="coco").cache_key() != key
 
 

@@ -9,7 +9,8 @@ mention being any phrase of ``tagrank.data.sources.normalize.COCO_SYNONYMS`` or 
 bike" -> person, bicycle; longest phrase first, so "hot dog" is not a dog). The five captions are merged
 by mean rank (``tagrank.data.sources.raw.merge_ranked``); a category no caption mentions is left out. With
 ``data.require_instance=true`` (default) only categories with an instance in the image count, which
-drops false mentions ("an orange cat" with no orange in the image).
+drops false mentions ("an orange cat" with no orange in the image). Each caption's own non-empty list is
+kept beside the merge (the manifest's ``lists``) for the leave-one-annotator-out protocol (``tagrank.loo``).
 ``data.order=area``: categories ranked by the total area of their instances (``area`` field).
 
 Splits: ``val<year>`` is the test split (the official held-out set); a seeded ``data.val_fraction`` of
@@ -140,6 +141,7 @@ class CocoSource(RawSource):
     seed: int = 0
 
     name = "coco"
+    version = 2  # 2: each caption's own list kept in the manifest's `lists` (leave one annotator out)
     layout = "a folder with annotations/captions_train2017.json, instances_*.json, train2017/ and val2017/"
 
     def files(self, kind: str, subset: str) -> Path:
@@ -157,8 +159,9 @@ class CocoSource(RawSource):
                 return d
         raise TagrankError(f"data.root={root}: no {subset}{self.year}/ or images/{subset}{self.year}/ image folder")
 
-    def ranked(self, subset: str, problems: Problems) -> tuple[dict[int, str], dict[int, list[str]]]:
-        """Images and ranked categories of one subset (train or val)."""
+    def ranked(self, subset: str, problems: Problems) -> tuple[dict[int, str], dict[int, list[str]], dict[int, list[list[str]]]]:
+        """Images, ranked categories and (``order=captions``) each caption's own non-empty list of one
+        subset (train or val)."""
         need_instances = self.order == "area" or self.require_instance
         inst_path, cap_path = self.files("instances", subset), self.files("captions", subset)
         for path, needed, hint in ((inst_path, need_instances, "or set data.require_instance=false"),
@@ -167,16 +170,17 @@ class CocoSource(RawSource):
                 raise TagrankError(f"{path}: not found (expected {self.layout}; {hint})")
         inst = read_instances(inst_path, problems) if need_instances else None
         if self.order == "area":
-            return inst.images, {im: ranked_by_area(totals.items()) for im, totals in inst.areas.items()}
+            return inst.images, {im: ranked_by_area(totals.items()) for im, totals in inst.areas.items()}, {}
         categories = sorted({c for totals in inst.areas.values() for c in totals} | set(COCO_SYNONYMS)) if inst else list(COCO_SYNONYMS)
         images, mentions = read_captions(cap_path, categories, problems)
-        ranked = {}
+        ranked, own = {}, {}
         for im, lists in mentions.items():
             if inst is not None:
                 present = inst.areas.get(im, {})
                 lists = [[c for c in lst if c in present] for lst in lists]
             ranked[im] = merge_ranked(lists)
-        return images, ranked
+            own[im] = [list(lst) for lst in lists if lst] if len(lists) > 1 else []
+        return images, ranked, own
 
     def convert(self, root: Path, problems: Problems) -> list[Record]:
         if self.order not in ORDERS:
@@ -186,7 +190,7 @@ class CocoSource(RawSource):
                                "the validation split comes from train")
         records = []
         for subset in ("train", "val"):
-            images, ranked = self.ranked(subset, problems)
+            images, ranked, own = self.ranked(subset, problems)
             folder = self.image_dir(root, subset)
             on_disk = {e.name for e in os.scandir(folder)}
             source = self.files("captions" if self.order == "captions" else "instances", subset)
@@ -199,13 +203,13 @@ class CocoSource(RawSource):
                 if not tags:
                     problems.no_tags += 1
                     continue
-                items.append((f"{folder.relative_to(root).as_posix()}/{images[im]}", tags))
+                items.append((f"{folder.relative_to(root).as_posix()}/{images[im]}", tags, own.get(im, [])))
             if subset == "val":
-                records += [Record(image, tags, "test") for image, tags in items]
+                records += [Record(image, tags, "test", lists=lists) for image, tags, lists in items]
                 continue
             n_val = round(self.val_fraction * len(items))
             if self.val_fraction > 0 and len(items) > 1:
                 n_val = max(n_val, 1)
             labels = assign_splits(len(items), [len(items) - n_val, n_val, 0], self.seed)
-            records += [Record(image, tags, label) for (image, tags), label in zip(items, labels)]
+            records += [Record(image, tags, label, lists=lists) for (image, tags, lists), label in zip(items, labels)]
         return records
