@@ -29,6 +29,7 @@ from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features
 from tagrank.data.cache import atomic_write, torch_saver
 from tagrank.errors import TagrankError
+from tagrank.loo import format_loo, loo_summary
 from tagrank.metrics import RankingMetrics, format_table
 from tagrank.models.backbones import BACKBONES, load_pretrained, resolve_weights
 
@@ -232,13 +233,22 @@ def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, f
     print(format_table(test, model.top_k, title=title))
     print(format_table(prior, model.top_k, title="frequency prior (training tags by frequency, same for every image)"))
     summary = {"split": split, "metrics": test, "frequency_prior": prior}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     vocab = dm.vocab
+    lines = []
+    for row, pred in sorted(model.test_predictions):
+        rec = dm.records[row]
+        line = {"image": rec.image, "truth": vocab.decode(vocab.encode(rec.tags)), "predicted": vocab.decode(pred)}
+        if len(rec.lists) > 1:  # each annotator's own list, in the vocabulary: the LOO protocol reads them
+            line["lists"] = [vocab.decode(vocab.encode(lst)) for lst in rec.lists]
+        lines.append(line)
+    loo = loo_summary([line["predicted"] for line in lines], [line.get("lists", []) for line in lines],
+                      model.top_k, model.test_metrics.relevance)
+    if loo is not None:  # only where the data has several lists per image (not the synthetic set)
+        summary["loo"] = loo
+        print(format_loo(loo, model.top_k, title))
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     with open(out_dir / "predictions.jsonl", "w") as f:
-        for row, pred in sorted(model.test_predictions):
-            rec = dm.records[row]
-            f.write(json.dumps({"image": rec.image, "truth": vocab.decode(vocab.encode(rec.tags)),
-                                "predicted": vocab.decode(pred)}) + "\n")
+        f.writelines(json.dumps(line) + "\n" for line in lines)
     return test
 
 

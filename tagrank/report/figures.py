@@ -12,7 +12,7 @@ import numpy as np
 from tagrank.errors import TagrankError
 from tagrank.report.methods import REFERENCE, label
 from tagrank.report.runs import Run
-from tagrank.report.stats import Row
+from tagrank.report.stats import PERSON, Row
 
 
 def _pyplot():
@@ -25,7 +25,18 @@ def _pyplot():
 
 
 def plot_curves(rows: list[Row], path: Path, data: str = "") -> Path:
-    """Fig. 3: NDCG@k and P@k against k, one line per method (band: +- std over seeds)."""
+    """Fig. 3 (:func:`curves_figure`) saved as a PNG."""
+    plt = _pyplot()
+    fig = curves_figure(rows, data)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def curves_figure(rows: list[Row], data: str = ""):
+    """Fig. 3: NDCG@k and P@k against k, one line per method (band: +- std over seeds); where the data has
+    several annotators' lists, a person (one caption against the merge of the others, leave one annotator
+    out) as a dashed black line: the ceiling the methods are measured against."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, name in zip(axes, ("ndcg", "p")):
@@ -33,6 +44,9 @@ def plot_curves(rows: list[Row], path: Path, data: str = "") -> Path:
             mean = np.array(getattr(r, f"{name}_at"))
             std = np.nan_to_num(np.array(getattr(r, f"{name}_at_std")))
             ks = np.arange(1, len(mean) + 1)
+            if r.method == PERSON:
+                ax.plot(ks, mean, linestyle="--", color="black", linewidth=1.5, label=f"{r.label}, LOO")
+                continue
             style = {"linewidth": 2.4} if r.method == REFERENCE else {"linewidth": 1.5}
             line, = ax.plot(ks, mean, marker="o", markersize=3.5, label=r.label, **style)
             ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.15, linewidth=0)
@@ -45,9 +59,7 @@ def plot_curves(rows: list[Row], path: Path, data: str = "") -> Path:
     fig.suptitle(f"{data}: ranking quality against list length (mean over {seeds} seed{'s' * (seeds > 1)})" if data
                  else "ranking quality against list length")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 @dataclass

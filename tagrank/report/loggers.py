@@ -3,6 +3,7 @@ they sit beside those runs in W&B or TensorBoard."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -32,8 +33,9 @@ def log_aggregate(logger: str, out_dir: Path, rows: list[Row], data: str, figure
                      "curves": wandb.Table(columns=CURVE_COLUMNS, data=curve_rows(rows)),
                      **{name: wandb.Image(str(path)) for name, path in figures.items()}})
             for r in rows:
-                run.summary[f"{r.method}/ndcg_mean"] = r.ndcg
-                run.summary[f"{r.method}/p_mean"] = r.p
+                for key, value in (("ndcg_mean", r.ndcg), ("p_mean", r.p), ("ndcg_loo", r.ndcg_loo), ("p_loo", r.p_loo)):
+                    if value is not None and not math.isnan(value):  # the person has LOO columns only
+                        run.summary[f"{r.method}/{key}"] = value
         finally:
             wandb.finish()
     elif logger == "tensorboard":

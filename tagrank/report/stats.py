@@ -7,6 +7,12 @@ two-level bootstrap (:func:`seed_image_bootstrap`) that resamples the test image
 together, so that an interval carries the seed-to-seed variance as well as the images'; and the
 paired interval of each method's NDCG minus the reference method's (the LSTM): the question "is it
 really better here, whatever the seed?".
+
+Where the test images have several annotators' lists (``lists`` in ``predictions.jsonl``: the caption
+datasets), every row also gets the leave-one-annotator-out scores (:mod:`tagrank.loo`, ``ndcg_loo`` and
+``p_loo``) with intervals from the same bootstrap on the images that have >= 2 lists, and a row of its
+own, :data:`PERSON`: each held-out list scored against the merge of the others, whose interval
+resamples the images (a person has no seeds).
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tagrank.errors import TagrankError
+from tagrank.loo import loo_at_k
 from tagrank.metrics import ndcg_at_k, precision_at_k
 from tagrank.report.methods import PAPER, REFERENCE, label, row_order
 from tagrank.report.runs import Run
 
 N_BOOT = 2000  # bootstrap replicates
 LEVEL = 0.95
+PERSON = "person"  # the row of a person (one caption against the others), LOO columns only
+PERSON_LABEL = "A person (one caption against the others)"
 
 
 @dataclass
@@ -33,12 +42,12 @@ class Row:
     label: str
     seeds: list[int]
     n_images: int
-    ndcg: float
+    ndcg: float  # NaN in the person's row (it has only the LOO columns)
     ndcg_std: float
-    ndcg_ci: tuple[float, float]
+    ndcg_ci: tuple[float, float] | None
     p: float
     p_std: float
-    p_ci: tuple[float, float]
+    p_ci: tuple[float, float] | None
     delta: float | None = None  # NDCG minus the reference method's, on the same images
     delta_ci: tuple[float, float] | None = None
     paper: tuple[float, float] | None = None
@@ -47,6 +56,14 @@ class Row:
     p_at: list[float] = field(default_factory=list)
     p_at_std: list[float] = field(default_factory=list)
     n_boot: int = N_BOOT  # the intervals' bootstrap replicates
+    # Leave one annotator out (None where the test images have one list each), on ``n_loo_images``.
+    ndcg_loo: float | None = None
+    ndcg_loo_std: float = math.nan
+    ndcg_loo_ci: tuple[float, float] | None = None
+    p_loo: float | None = None
+    p_loo_std: float = math.nan
+    p_loo_ci: tuple[float, float] | None = None
+    n_loo_images: int = 0
 
 
 def per_image_scores(run: Run) -> dict[str, tuple[float, float]]:
@@ -62,6 +79,17 @@ def per_image_scores(run: Run) -> dict[str, tuple[float, float]]:
     return out
 
 
+def per_image_loo(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per test image with >= 2 annotators' lists: the LOO (NDCG@k, P@k) at each k of the run's list and
+    of the person, each [top_k, 2] (:func:`tagrank.loo.loo_at_k`); empty for one list per image."""
+    out = {}
+    for rec in run.predictions:
+        both = loo_at_k(rec["predicted"], rec.get("lists", []), run.top_k, run.relevance)
+        if both is not None:
+            out[rec["image"]] = both
+    return out
+
+
 @dataclass
 class Scores:
     """Every run's per-image scores, on the test images all runs share (empty ground truths left out)."""
@@ -69,6 +97,11 @@ class Scores:
     images: list[str]
     runs: dict[str, list[Run]]  # method -> its runs, lowest seed first; methods in Table 1's order
     values: dict[str, np.ndarray]  # method -> [n_seeds, n_images, 2]: (NDCG, P), each the mean over k
+    # Leave one annotator out, on the shared images with >= 2 lists (none: empty, None).
+    loo_images: list[str] = field(default_factory=list)
+    loo: dict[str, np.ndarray] = field(default_factory=dict)  # method -> [n_seeds, n_loo_images, 2]
+    person: np.ndarray | None = None  # [1, n_loo_images, 2]: the person's (NDCG, P), means over k
+    person_at: np.ndarray | None = None  # [top_k, 2]: the person's mean (NDCG@k, P@k) over the images
 
 
 def image_scores(runs: list[Run]) -> Scores:
@@ -89,7 +122,17 @@ def image_scores(runs: list[Run]) -> Scores:
     if not images:
         raise TagrankError("the runs share no test image")
     values = {m: np.array([[s[img] for img in images] for s in ss], dtype=np.float64) for m, ss in scores.items()}
-    return Scores(images=images, runs=by_method, values=values)
+    out = Scores(images=images, runs=by_method, values=values)
+    loo = {m: [per_image_loo(r) for r in rs] for m, rs in by_method.items()}
+    shared = set(images).intersection(*(set(s) for ss in loo.values() for s in ss))
+    if shared:  # the person's lists are the same in every run: the first run's
+        out.loo_images = sorted(shared)
+        out.loo = {m: np.array([[s[img][0].mean(axis=0) for img in out.loo_images] for s in ss])
+                   for m, ss in loo.items()}
+        first = next(iter(loo.values()))[0]
+        person = np.array([first[img][1] for img in out.loo_images])  # [n_loo_images, top_k, 2]
+        out.person, out.person_at = person.mean(axis=1)[None], person.mean(axis=0)
+    return out
 
 
 def seed_image_bootstrap(values: dict[str, np.ndarray], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, np.ndarray]:
@@ -165,4 +208,25 @@ def summarise(scores: Scores, reference: str = REFERENCE, n_boot: int = N_BOOT, 
             row.delta = float(scores.values[m][..., 0].mean() - scores.values[reference][..., 0].mean())
             row.delta_ci = percentile_ci(reps[m][:, 0] - reps[reference][:, 0])
         rows.append(row)
+    if scores.person is not None:
+        rows += loo_rows(scores, rows, n_boot, seed)
     return rows
+
+
+def loo_rows(scores: Scores, rows: list[Row], n_boot: int = N_BOOT, seed: int = 0) -> list[Row]:
+    """The LOO columns of ``rows`` (filled in place) and the person's row (returned): means over seeds of
+    means over the images with >= 2 lists, std over seeds, and intervals from the two-level bootstrap on
+    those images; the person has one 'seed', so its interval resamples the images alone."""
+    values = {**scores.loo, PERSON: scores.person}
+    reps = seed_image_bootstrap(values, n_boot, seed)
+    person = Row(method=PERSON, label=PERSON_LABEL, seeds=[], n_images=len(scores.loo_images), ndcg=math.nan,
+                 ndcg_std=math.nan, ndcg_ci=None, p=math.nan, p_std=math.nan, p_ci=None, n_boot=n_boot,
+                 ndcg_at=[float(v) for v in scores.person_at[:, 0]], p_at=[float(v) for v in scores.person_at[:, 1]],
+                 ndcg_at_std=[math.nan] * len(scores.person_at), p_at_std=[math.nan] * len(scores.person_at))
+    for row in rows + [person]:
+        per_seed = values[row.method].mean(axis=1)  # [n_seeds, 2]
+        row.ndcg_loo, row.p_loo = (float(v) for v in per_seed.mean(axis=0))
+        row.ndcg_loo_std, row.p_loo_std = _std(list(per_seed[:, 0])), _std(list(per_seed[:, 1]))
+        row.ndcg_loo_ci, row.p_loo_ci = percentile_ci(reps[row.method][:, 0]), percentile_ci(reps[row.method][:, 1])
+        row.n_loo_images = len(scores.loo_images)
+    return [person]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tagrank.report.methods import REFERENCE, label
-from tagrank.report.stats import Row
+from tagrank.report.stats import PERSON, Row
 
 
 def _pm(mean: float, std: float) -> str:
@@ -23,7 +23,7 @@ def _ci(ci: tuple[float, float] | None) -> str:
 def seed_counts(rows: list) -> str:
     """How many seeds the rows average: "3 seeds", "1 seed", or "1/3 seeds" where methods differ (the
     deterministic ones run once)."""
-    counts = sorted({len(r.seeds) for r in rows})
+    counts = sorted({len(r.seeds) for r in rows if r.method != PERSON})
     return f"{'/'.join(map(str, counts))} seed{'s' * (counts != [1])}"
 
 
@@ -36,14 +36,25 @@ def interval_note(rows: list[Row]) -> str:
     if any(r.delta is not None for r in rows):
         note += (" The difference column is paired: both methods get the same resampled images, each its own "
                  "resampled seeds.")
-    single = [r.label for r in rows if len(r.seeds) == 1]
-    if single and len(single) == len(rows):
+    methods = [r for r in rows if r.method != PERSON]
+    single = [r.label for r in methods if len(r.seeds) == 1]
+    if single and len(single) == len(methods):
         note += (" Every method has one seed here, so the intervals are the bootstrap over test images alone "
                  "and carry no seed-to-seed variance.")
     elif single:
         note += (f" {', '.join(single)}: one seed, so {'its interval is' if len(single) == 1 else 'their intervals are'}"
                  " the bootstrap over test images alone.")
-    return note
+    return note + loo_note(rows)
+
+
+def loo_note(rows: list[Row]) -> str:
+    """What the LOO columns and the person's row are, where the table has them."""
+    if not any(r.ndcg_loo is not None for r in rows):
+        return ""
+    return (f" LOO (leave one annotator out): on the {rows[0].n_loo_images} test images with two or more annotators' "
+            "lists, each list in turn is held out and the merge of the others (mean rank) is the ground truth; a "
+            "method's list is scored against each such merge and the scores averaged. The person's row scores each "
+            "held-out list itself against the same merge (LOO columns only; its interval resamples the images).")
 
 
 def table_cells(rows: list[Row], reference: str = REFERENCE) -> tuple[list[str], list[list[str]]]:
@@ -53,13 +64,21 @@ def table_cells(rows: list[Row], reference: str = REFERENCE) -> tuple[list[str],
     head = ["Method", "NDCG", "NDCG 95% CI", "P", "P 95% CI"]
     head += [f"NDCG − {label(reference)} [95% CI]"] if has_delta else []
     head += ["paper NDCG", "paper P"] if has_paper else []
+    has_loo = any(r.ndcg_loo is not None for r in rows)
+    head += ["NDCG (LOO)", "NDCG (LOO) 95% CI", "P (LOO)", "P (LOO) 95% CI"] if has_loo else []
     cells = []
     for r in rows:
-        line = [r.label, _pm(r.ndcg, r.ndcg_std), _ci(r.ndcg_ci), _pm(r.p, r.p_std), _ci(r.p_ci)]
-        if has_delta:
-            line.append("–" if r.delta is None else f"{r.delta:+.4f} {_ci(r.delta_ci)}")
-        if has_paper:
-            line += [f"{r.paper[0]:.4f}", f"{r.paper[1]:.4f}"] if r.paper else ["–", "–"]
+        if r.method == PERSON:  # LOO columns only
+            line = [r.label, "–", "–", "–", "–"] + ["–"] * has_delta + ["–", "–"] * has_paper
+        else:
+            line = [r.label, _pm(r.ndcg, r.ndcg_std), _ci(r.ndcg_ci), _pm(r.p, r.p_std), _ci(r.p_ci)]
+            if has_delta:
+                line.append("–" if r.delta is None else f"{r.delta:+.4f} {_ci(r.delta_ci)}")
+            if has_paper:
+                line += [f"{r.paper[0]:.4f}", f"{r.paper[1]:.4f}"] if r.paper else ["–", "–"]
+        if has_loo:
+            line += (["–"] * 4 if r.ndcg_loo is None else
+                     [_pm(r.ndcg_loo, r.ndcg_loo_std), _ci(r.ndcg_loo_ci), _pm(r.p_loo, r.p_loo_std), _ci(r.p_loo_ci)])
         cells.append(line)
     return head, cells
 
@@ -76,7 +95,8 @@ def table_markdown(rows: list[Row], data: str, reference: str = REFERENCE) -> st
 
 CSV_COLUMNS = ["method", "label", "seeds", "n_images", "ndcg_mean", "ndcg_std", "ndcg_ci_low", "ndcg_ci_high",
                "p_mean", "p_std", "p_ci_low", "p_ci_high", "delta_ndcg", "delta_ci_low", "delta_ci_high",
-               "paper_ndcg", "paper_p"]
+               "paper_ndcg", "paper_p", "ndcg_loo", "ndcg_loo_std", "ndcg_loo_ci_low", "ndcg_loo_ci_high", "p_loo",
+               "p_loo_std", "p_loo_ci_low", "p_loo_ci_high"]
 CURVE_COLUMNS = ["method", "k", "ndcg", "ndcg_std", "p", "p_std"]
 
 
@@ -88,9 +108,15 @@ def table_rows(rows: list[Row]) -> list[list[Any]]:
     out = []
     for r in rows:
         d_lo, d_hi = r.delta_ci or (None, None)
-        out.append([r.method, r.label, len(r.seeds), r.n_images, num(r.ndcg), num(r.ndcg_std), num(r.ndcg_ci[0]),
-                    num(r.ndcg_ci[1]), num(r.p), num(r.p_std), num(r.p_ci[0]), num(r.p_ci[1]), num(r.delta),
-                    num(d_lo), num(d_hi), r.paper[0] if r.paper else None, r.paper[1] if r.paper else None])
+        n_lo, n_hi = r.ndcg_ci or (None, None)
+        p_lo, p_hi = r.p_ci or (None, None)
+        nl_lo, nl_hi = r.ndcg_loo_ci or (None, None)
+        pl_lo, pl_hi = r.p_loo_ci or (None, None)
+        out.append([r.method, r.label, len(r.seeds), r.n_images if r.method != PERSON else r.n_loo_images,
+                    num(r.ndcg), num(r.ndcg_std), num(n_lo), num(n_hi), num(r.p), num(r.p_std), num(p_lo), num(p_hi),
+                    num(r.delta), num(d_lo), num(d_hi), r.paper[0] if r.paper else None,
+                    r.paper[1] if r.paper else None, num(r.ndcg_loo), num(r.ndcg_loo_std), num(nl_lo), num(nl_hi),
+                    num(r.p_loo), num(r.p_loo_std), num(pl_lo), num(pl_hi)])
     return out
 
 
