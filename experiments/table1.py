@@ -266,6 +266,10 @@ def run_all(group: str, jobs: list[list[list[str]]], sweep_dir: Path, threads: i
 
 
 def report(sweep_dir: Path, out_dir: Path, logger: str, reference: str = "lstm") -> str:
+    """Table 1, its figures and report.html from the runs of a sweep. Where the test images have several
+    annotators' lists (the caption data: ``lists`` in predictions.jsonl), the table also has the
+    leave-one-annotator-out columns ``ndcg_loo`` / ``p_loo`` and the person's row, and Fig. 3 the person's
+    dashed line (tagrank.report.stats); the synthetic data has one list an image, so neither."""
     # tagrank.report imports torch: after the arguments are checked
     from tagrank.report import figures, html, loggers, runs, stats, tables
 

@@ -150,7 +150,7 @@ def order_rows(runs: list[Run], n_boot: int = N_BOOT, seed: int = 0) -> list[Row
     by_order = [replace(r, method=train_order(r)) for r in runs]
     rows = summarise(image_scores(by_order), reference="human", n_boot=n_boot, seed=seed)
     for row in rows:
-        row.label = TRAIN_ORDERS.get(row.method, row.method)
+        row.label = TRAIN_ORDERS.get(row.method, row.label)  # the person's row (caption data) keeps its label
     known = list(TRAIN_ORDERS)
     return sorted(rows, key=lambda r: known.index(r.method) if r.method in known else len(known))
 
