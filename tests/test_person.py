@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tagrank.eval import evaluate
+from tagrank.cli.eval import evaluate
+from tagrank.cli.train import train
 from tagrank.loo import loo_scores
 from tagrank.report import figures, runs, stats, tables
-from tagrank.train import train
 
 from .conftest import compose_cfg
 from .test_captions import sentence, write_set
