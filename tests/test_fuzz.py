@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tagrank.data import cache
 from tagrank.data.sources.boxes import BoxesSource
@@ -40,6 +41,7 @@ from tagrank.data.sources.captions import CaptionsSource
 from tagrank.data.sources.coco import CocoSource
 from tagrank.data.sources.raw import SKIPPED
 from tagrank.data.features import feature_cache_path
+from tagrank.data.images import load_image
 from tagrank.data.sources.labelme import LabelMeSource
 from tagrank.data.sources.pascal07 import Pascal07Source
 from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, read_manifest
@@ -365,3 +367,76 @@ def test_damaged_fixture(i, fixtures, caches, tmp_path, caplog):
     else:
         outcomes = check_cache(caches, target, damage, rng, caplog)
     assert outcomes
+
+
+# --- the same file as another editor saves it: a BOM, CRLF line ends ------------------------------------
+
+def with_bom(data: bytes) -> bytes:
+    return b"\xef\xbb\xbf" + data
+
+
+def with_crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+RESAVED = {"bom": with_bom, "crlf": with_crlf, "bom+crlf": lambda data: with_bom(with_crlf(data))}
+
+
+@pytest.mark.parametrize("how", list(RESAVED))
+@pytest.mark.parametrize("target", TARGETS[:8])
+def test_a_file_resaved_with_a_bom_or_crlf_line_ends_converts_the_same(target, how, fixtures, tmp_path):
+    """Notepad's UTF-8 BOM and Windows line ends change no byte a converter should care about: every file of
+    every fixture, so changed, gives exactly the clean records under both data.on_error settings."""
+    fx = fixtures[target]
+    for name in fx.files:
+        path = fx.root / name
+        clean = path.read_bytes()
+        path.write_bytes(RESAVED[how](clean))
+        try:
+            for on_error in ("raise", "skip"):
+                assert fx.convert(on_error, tmp_path / name / on_error) == fx.clean[on_error], (name, on_error)
+        finally:
+            path.write_bytes(clean)
+
+
+# --- photos with an EXIF block: upright, or one line -------------------------------------------------------
+
+N_EXIF = 40
+
+
+def exif_jpeg(rng: random.Random) -> tuple[bytes, int]:
+    """A 24 x 16 JPEG whose EXIF block holds an orientation (1-8, or a value out of range) and some text."""
+    exif = Image.Exif()
+    orientation = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 65535])
+    exif[0x0112] = orientation
+    exif[0x010E] = "fuzz " * rng.randint(0, 8)  # ImageDescription: a block of some length
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 16), (rng.randrange(256), 80, 40)).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue(), orientation
+
+
+@pytest.mark.parametrize("i", range(N_EXIF))
+def test_a_photo_with_a_damaged_or_odd_exif_block_decodes_upright_or_is_one_line(i, tmp_path):
+    """load_image (every decode: training, caches, predict) on a JPEG whose EXIF orientation is any value,
+    with 1-4 bytes of the EXIF block changed in half the cases: an RGB image, upright by the orientation
+    when the block is intact, or a one-line TagrankError naming the file; no other exception."""
+    rng = random.Random(f"exif-{i}")
+    data, orientation = exif_jpeg(rng)
+    start = data.index(b"Exif\x00\x00")
+    length = int.from_bytes(data[start - 2:start], "big")  # the APP1 segment's length field
+    damaged = i % 2 == 1
+    if damaged:
+        block = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            block[rng.randrange(start + 6, start + length - 2)] ^= rng.randrange(1, 256)
+        data = bytes(block)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    try:
+        im = load_image(path)
+    except TagrankError as err:
+        assert str(path) in str(err) and "\n" not in str(err), repr(str(err))
+        return
+    assert im.mode == "RGB"
+    if not damaged:  # orientations 5-8 turn it a quarter; 1-4 and out-of-range values leave it wide
+        assert im.size == ((16, 24) if orientation in (5, 6, 7, 8) else (24, 16)), orientation
