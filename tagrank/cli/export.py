@@ -122,7 +122,8 @@ def describe(tagger: Tagger, fmt: str, out: Path) -> dict:
         "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "shape": ["batch", 3, size, size],
                   "channels": "RGB", "resize": f"the whole photo to {size}x{size} (no crop; bilinear, antialiased)",
                   "normalisation": "inside the model: x / 255, then (x - mean) / std per channel",
-                  "mean": list(model.backbone.mean), "std": list(model.backbone.std)},
+                  "mean": list(model.backbone.mean), "std": list(model.backbone.std),
+                  "batch": empty_batch(model, fmt)},
         "outputs": {"ids": f"int64 [batch, {model.top_k}]: tag ids, best first; -1 where a list ended early",
                     "scores": f"float32 [batch, {model.top_k}]: {tagger.score_meaning}; 0 where ids is -1"},
         "top_k": model.top_k,
@@ -132,6 +133,16 @@ def describe(tagger: Tagger, fmt: str, out: Path) -> dict:
         "stop_score": model.stop_score(),
         "tags": tagger.tags,
     }
+
+
+def empty_batch(model: RankedTagger, fmt: str) -> str:
+    """What the file does with a batch of 0 images, for the sidecar. Measured (onnxruntime 1.32, CPU):
+    ONNX Runtime's LSTM kernel ends the whole process (SIGABRT, no exception to catch) on a batch of 0;
+    the files without a recurrent decoder, and every TorchScript file, return [0, K] outputs."""
+    if fmt == "onnx" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        return ("1 or more images: ONNX Runtime aborts the whole process (SIGABRT) on a batch of 0 with this "
+                "method's LSTM, so skip the call when there is no image")
+    return "0 or more images (0 images give [0, top_k] outputs)"
 
 
 def export(cfg: DictConfig) -> Path:

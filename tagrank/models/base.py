@@ -227,7 +227,13 @@ class RankedTagger(LightningModule):
         """``rank``'s tag ids [B, K] (the same list) and the model's score of each [B, K] (0 where -1 pads).
 
         Why after ``rank`` rather than inside it: every method's decoding stays in one place, and a score
-        (``tag_scores``) is a pure function of the features and the decoded ids."""
+        (``tag_scores``) is a pure function of the features and the decoded ids. An empty batch gives empty
+        [0, K] lists (the recurrent decoders cannot reshape 0 rows); a traced export never takes this branch
+        (it is traced on 2 images), so the exported file's own behaviour on 0 images is the runtime's."""
+        target = batch["target"]  # one row per image, whether images or cached features are given
+        if target.shape[0] == 0:
+            return (torch.empty((0, self.top_k), dtype=torch.long, device=target.device),
+                    torch.empty((0, self.top_k), device=target.device))
         batch = {**batch, "computed_features": self.image_features(batch)}
         ids = self.rank(batch)
         return ids, self.tag_scores(batch["computed_features"], ids).masked_fill(ids < 0, 0.0)
