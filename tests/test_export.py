@@ -106,6 +106,17 @@ def test_exported_files_give_pytorchs_tags_and_scores(method, formats, tmp_path)
         assert described["input"]["shape"] == ["batch", 3, SIZE, SIZE] and described["input"]["dtype"] == "uint8"
         assert described["input"]["mean"] == list(model.backbone.mean)
         assert described["stop_rule"] == model.stop_rule() and described["stop_score"] is None
+        # Both files refuse what the sidecar does not describe (the TorchScript file by its scripted check,
+        # as ONNX Runtime does by the declared input) rather than giving other tags.
+        wrong = {"dtype": images.float(), "size": torch.zeros((1, 3, 2 * SIZE, 2 * SIZE), dtype=torch.uint8),
+                 "rank": images[0]}
+        refusals = {"onnx": {"dtype": "Unexpected input data type", "size": "Got invalid dimensions", "rank": "Invalid rank"},
+                    "torchscript": {"dtype": r"images: expected uint8 pixels 0\.\.255",
+                                    "size": rf"images: expected shape \[batch, 3, {SIZE}, {SIZE}\] .*got \[1, 3, {2 * SIZE}, {2 * SIZE}\]",
+                                    "rank": rf"images: expected shape .* got \[3, {SIZE}, {SIZE}\]"}}[fmt]
+        for kind, message in refusals.items():
+            with pytest.raises(Exception, match=message):
+                run_exported(tmp_path / name, fmt, wrong[kind])
     if method == "scorer":  # validated: the sidecar gives its stop rule as a threshold on the scores output
         model.stop_threshold.fill_(float(want_scores[:, 2].median()))
         export_tagger(Tagger(model, tags, SIZE, tmp_path / "validated.ckpt"), formats[0], tmp_path / "validated")

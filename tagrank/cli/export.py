@@ -43,14 +43,33 @@ FORMATS = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}  # each format's 
 ONNX_OPSET = 17
 
 
+def check_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The input check of the TorchScript file (compiled by ``torch.jit.script``, so it stays a check
+    in the traced graph rather than being traced away): uint8 [B, 3, size, size], as an ONNX Runtime
+    session checks the ONNX file's declared input. Without it a float tensor or another size ran and
+    gave other tags."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images: expected uint8 pixels 0..255 (scaling and mean/std are inside the model), "
+                         f"got another dtype")
+    if images.dim() != 4 or images.shape[1:] != [3, size, size]:
+        raise ValueError(f"images: expected shape [batch, 3, {size}, {size}] (each whole photo resized to "
+                         f"{size}x{size}), got {list(images.shape)}")
+    return images
+
+
 class ExportedTagger(nn.Module):
     """What the exported file computes: uint8 images [B, 3, S, S] -> (ids [B, K], scores [B, K])."""
 
-    def __init__(self, model: RankedTagger) -> None:
+    def __init__(self, model: RankedTagger, image_size: int) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.image_size = model, image_size
+        # TorchScript: the scripted check_images (made in export_tagger, inside tracing()); ONNX: None, as
+        # the ONNX graph declares its input's dtype and size and the runtime checks them.
+        self.check = None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.check is not None:
+            images = self.check(images, self.image_size)
         return self.model.scored_rank({"image": images, "target": unknown_targets(images)})
 
 
@@ -92,7 +111,7 @@ def export_tagger(tagger: Tagger, fmt: str, out: Path) -> Path:
         # Measured: the traced beam search runs in TorchScript, but ONNX Runtime rejects its GatherElements.
         raise TagrankError(f"{tagger.checkpoint}: beam search (model.beam_width={model.hparams.beam_width}) does "
                            "not export to ONNX; use format=torchscript")
-    wrapper = ExportedTagger(model).eval().requires_grad_(False)  # a file for inference: outputs need no graph
+    wrapper = ExportedTagger(model, tagger.image_size).eval().requires_grad_(False)  # for inference: no graph
     images = example_images(tagger.image_size)
     grid = getattr(model, "feature_grid", None)
     if fmt == "onnx" and grid is not None:
@@ -103,6 +122,7 @@ def export_tagger(tagger: Tagger, fmt: str, out: Path) -> Path:
                                "(model.grid) does not export to ONNX; use format=torchscript")
     with tracing(model):
         if fmt == "torchscript":
+            wrapper.check = torch.jit.script(check_images)
             traced = torch.jit.trace(wrapper, (images,), check_trace=False)
             atomic_write(out, lambda tmp: traced.save(tmp))
         else:
