@@ -211,6 +211,12 @@ def user_message(err: Exception) -> str:
     if missing is not None:  # a ??? in the config: a setting the command must give
         return f"{missing.full_key} is required: pass {missing.full_key}=..."
     if isinstance(err, OverrideParseException):
+        key, _, value = (err.override or "").partition("=")
+        if not value.isascii() and value[:1] not in "'\"":
+            # Hydra's override grammar takes letters outside ASCII (a photo named ünïcödé_写真.jpg) only in a
+            # quoted value, and its lexer says LexerNoViableAltException with a caret: say what to type.
+            return (f"{err.override}: a value with letters outside ASCII must be quoted for Hydra: pass "
+                    f"\"{key}='{value}'\" (the double quotes are for the shell)")
         return one_line(f"{err.override}: {err}")
     if isinstance(err, CompactHydraException) and isinstance(cause, OmegaConfBaseException):
         return one_line(f"{err}\n{cause}")

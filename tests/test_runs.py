@@ -186,6 +186,25 @@ def test_a_setting_left_at_its_required_marker_is_named(tmp_path, cli_env):
                                                                             "pass ckpt_path=...")
 
 
+def test_an_unquoted_value_with_letters_outside_ascii_says_to_quote_it(tmp_path, cli_env):
+    """Hydra's lexer refuses ü or 写 in an unquoted value (LexerNoViableAltException and a caret): one line
+    that gives the quoted override to type, exit 2; and the quoted override it gives composes."""
+    from hydra import compose, initialize_config_dir
+
+    from tagrank import CONF_DIR
+
+    name = "img/ünïcödé_写真.jpg"
+    proc = subprocess.run(["tagrank-predict", "ckpt_path=x.ckpt", f"images={name}"], capture_output=True, text=True,
+                          env=cli_env, cwd=tmp_path, timeout=300)
+    quoted = f"images='{name}'"
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"tagrank: error: images={name}: a value with letters outside ASCII must be quoted for Hydra: pass "
+        f"\"{quoted}\" (the double quotes are for the shell)"), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "LexerNoViableAltException" not in proc.stderr
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        assert compose(config_name="predict", overrides=["ckpt_path=x.ckpt", quoted]).images == name
+
+
 def test_console_scripts_exit_2_for_hydra_errors_and_keep_a_crash_s_traceback(monkeypatch, capsys):
     from tagrank.config import console_main  # (imported here: the other tests run against older code too)
 
