@@ -93,6 +93,7 @@ def test_resuming_with_other_model_settings_stops_at_once_and_leaves_the_run_unt
                                                    "not NaiveRNN: resume with model=lstm")
     assert "Traceback" not in proc.stderr
     assert _tree(run) == before  # metrics.csv not renamed, nothing written
+    assert not list(tmp_path.glob("logs/train/runs/*"))  # nor an empty folder for the refused command
     with pytest.raises(TagrankError) as err:  # the same class, another setting and the first command's left out
         train(compose_cfg(TINY + ["model.hidden_size=64", f"ckpt_path={last}"], tmp_path / "again", cache_dir))
     assert str(err.value) == (
@@ -140,6 +141,14 @@ def test_a_validation_interval_longer_than_an_epoch_is_refused_before_the_featur
         train(compose_cfg(TINY + ["trainer.val_check_interval=7"], tmp_path / "run", tmp_path / "cache"))
     assert str(err.value) == ("trainer.val_check_interval=7 is longer than an epoch (6 training batches of 16); set "
                               "trainer.check_val_every_n_epoch=null to count it over the whole run, or a value up to 6")
+    assert not (tmp_path / "cache" / "features").exists()
+    for limit, batches in (("3", 3), ("0.5", 3)):  # an epoch cut short by limit_train_batches, a count or a share
+        with pytest.raises(TagrankError) as err:
+            train(compose_cfg(TINY + ["trainer.val_check_interval=5", f"trainer.limit_train_batches={limit}"],
+                              tmp_path / "run", tmp_path / "cache"))
+        assert str(err.value) == (f"trainer.val_check_interval=5 is longer than an epoch ({batches} training batches of "
+                                  f"16, trainer.limit_train_batches={limit}); set trainer.check_val_every_n_epoch=null "
+                                  f"to count it over the whole run, or a value up to {batches}")
     assert not (tmp_path / "cache" / "features").exists()
     train(compose_cfg(TINY + ["trainer.val_check_interval=7", "trainer.check_val_every_n_epoch=null",
                               "trainer.max_steps=14", "trainer.max_epochs=-1", "test=false"], tmp_path / "whole", cache_dir))

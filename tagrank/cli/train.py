@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tagrank import CONF_DIR
 from tagrank.cli import command
-from tagrank.config import Seed, check_node, check_value, in_multirun, instantiate
+from tagrank.config import USER_ERRORS, Seed, check_node, check_value, in_multirun, instantiate
 from tagrank.dashboard import check_wandb, log_config
 from tagrank.errors import TagrankError
 from tagrank.models.backbones import resolve_weights
@@ -192,16 +193,21 @@ def check_val_check_interval(trainer: L.Trainer, dm: L.LightningDataModule) -> N
     """An integer ``trainer.val_check_interval`` counts training batches within an epoch, and Lightning
     refuses one longer than an epoch, but only once fitting starts (after the features are computed)
     and with a traceback. Said here instead, where the epoch's length is certain (one process, every
-    training batch used); in the other cases Lightning's own check stands."""
+    training batch used, or ``trainer.limit_train_batches`` of them, counted as Lightning counts them); under
+    DDP Lightning's own check stands."""
     interval, limit = trainer.val_check_interval, trainer.limit_train_batches
-    if (not isinstance(interval, int) or trainer.check_val_every_n_epoch is None or trainer.world_size != 1
-            or not (isinstance(limit, float) and limit == 1.0)):
+    if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None or trainer.world_size != 1:
         return
     batches = math.ceil(len(dm.rows("train")) / dm.batch_size)
+    limited = ""
+    if isinstance(limit, int):  # lightning's _parse_num_batches: an int is a count, a float a fraction
+        batches, limited = min(batches, limit), f", trainer.limit_train_batches={limit}"
+    elif limit != 1.0:
+        batches, limited = int(batches * limit), f", trainer.limit_train_batches={limit}"
     if interval > batches:
         raise TagrankError(f"trainer.val_check_interval={interval} is longer than an epoch ({batches} training "
-                           f"batches of {dm.batch_size}); set trainer.check_val_every_n_epoch=null to count it over "
-                           f"the whole run, or a value up to {batches}")
+                           f"batches of {dm.batch_size}{limited}); set trainer.check_val_every_n_epoch=null to count "
+                           f"it over the whole run, or a value up to {batches}")
 
 
 def validate_if_never_validated(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModule) -> None:
@@ -297,8 +303,24 @@ def train_command(cfg: DictConfig) -> float | None:
     """``train`` as ``tagrank-train`` runs it, where Hydra's own settings (the launcher) are this command's."""
     refuse_launcher_without_multirun()
     hydra_cfg = HydraConfig.get()
-    with reporting_nothing_once_slurm_stops_the_job():
-        return train(cfg, Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log")
+    folder = Path(hydra_cfg.runtime.output_dir)
+    command_log = folder / f"{hydra_cfg.job.name}.log"
+    try:
+        with reporting_nothing_once_slurm_stops_the_job():
+            return train(cfg, command_log)
+    except USER_ERRORS:
+        if cfg.get("ckpt_path") and not in_multirun():
+            remove_command_folder(folder, command_log)
+        raise
+
+
+def remove_command_folder(folder: Path, command_log: Path) -> None:
+    """A resume refused by its checks: the folder Hydra made for this command's log goes again, so a failed
+    resume leaves no empty run behind (the resumed run is untouched: nothing is written there before the
+    checks pass). Only a folder that holds nothing but Hydra's files (``.hydra/``, the command's log) is
+    removed: ``hydra.run.dir`` pointed at the run itself, or anything else there, stays."""
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {".hydra", command_log.name}:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
