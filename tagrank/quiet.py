@@ -44,6 +44,12 @@ WARNINGS: list[tuple[str, type[Warning], str]] = [
     # A resumed run's csv/ folder: "Previous log files ... will be deleted" is untrue here, as
     # pipeline.keep_previous_csv has kept the earlier sessions' metrics.csv as metrics-N.csv.
     (r"Experiment logs directory .* exists and is not empty", UserWarning, r"lightning\.fabric\.loggers\.csv_logs"),
+    # A short run (the README's quick ones, tests) has fewer training batches an epoch than
+    # log_every_n_steps (50): the training loss is still checked every step for divergence
+    # (callbacks.NonFiniteGuard), and validation, the checkpoints and the test table are logged whatever
+    # the interval; a user who wants the loss curve of such a run sets trainer.log_every_n_steps anyway.
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning,
+     r"lightning\.pytorch\.loops\.fit_loop"),
 ]
 
 # Only in a run that continues another (train.py installs it then): the folder is that run's own. In a
@@ -59,6 +65,10 @@ LIGHTNING_INFO = re.compile("|".join([
     # "GPU available: False, used: False" / "TPU available: False, using: 0 TPU cores": the run summary
     # names the device; "GPU available but not used" (a setting to change) is a warning and still shows.
     r"GPU available: ", r"TPU available: ",
+    # "Restoring states from the checkpoint path at ..." and "Loaded model weights from the checkpoint at
+    # ...", at every test and resume: the run's own lines name that checkpoint already (the test table's
+    # header "test split, <best.ckpt>", tagrank-eval's ckpt_path, "resuming run ...").
+    r"Restoring states from the checkpoint path at ", r"Loaded model weights from the checkpoint at ",
 ]))
 RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 

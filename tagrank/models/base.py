@@ -44,7 +44,10 @@ class RankedTagger(LightningModule):
         self.val_metrics = RankingMetrics(top_k, relevance)
         self.test_metrics = RankingMetrics(top_k, relevance)
         # Mean loss per image as sum states: exact under DDP (Lightning's sync_dist mean is not for odd counts).
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        # nan_strategy="disable": a NaN loss makes the mean NaN (the run diverged: NonFiniteGuard says so in
+        # one line) instead of torchmetrics' default, which drops it with a warning ("Encountered `nan`
+        # values in tensor. Will be removed.") and reports the mean of the rest as if nothing happened.
+        self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.test_set_metrics = SetMetrics()  # only for methods that say when to stop (predicted_set)
         self.test_predictions: list[tuple[int, list[int]]] = []
 
