@@ -158,7 +158,10 @@ def describe(tagger: Tagger, fmt: str, out: Path) -> dict:
 def empty_batch(model: RankedTagger, fmt: str) -> str:
     """What the file does with a batch of 0 images, for the sidecar. Measured (onnxruntime 1.32, CPU):
     ONNX Runtime's LSTM kernel ends the whole process (SIGABRT, no exception to catch) on a batch of 0;
-    the files without a recurrent decoder, and every TorchScript file, return [0, K] outputs."""
+    its Reshape of the label-query decoder's pooled feature map (a -1 in the shape) refuses 0 images with an
+    error; the other ONNX files and every TorchScript file return [0, K] outputs."""
+    if fmt == "onnx" and getattr(model, "feature_grid", None) is not None:
+        return "1 or more images: ONNX Runtime's Reshape of the pooled feature map refuses a batch of 0 with an error"
     if fmt == "onnx" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
         return ("1 or more images: ONNX Runtime aborts the whole process (SIGABRT) on a batch of 0 with this "
                 "method's LSTM, so skip the call when there is no image")
