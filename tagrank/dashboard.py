@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tagrank.config import in_multirun
-from tagrank.data.records import atomic_write_text
+from tagrank.files import atomic_write_text
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")

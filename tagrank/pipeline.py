@@ -27,21 +27,23 @@ from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features
-from tagrank.data.cache import atomic_write, torch_saver
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write, atomic_write_text, torch_saver
 from tagrank.loo import format_loo, loo_summary
 from tagrank.metrics import RankingMetrics, format_table
 from tagrank.models.backbones import BACKBONES, load_pretrained, resolve_weights
 
 log = logging.getLogger("tagrank")
 
+# What to do when a run's folder (checkpoints, metrics.json, predictions.jsonl) is full or read-only.
+RUN_OUTPUT_HINT = "free space there, or set TAGRANK_LOGS (or hydra.run.dir) to a writable folder with space"
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file and rename it: a killed run never leaves half a file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(Path(path), torch_saver(checkpoint),
-                     hint="free space there, or set TAGRANK_LOGS (or hydra.run.dir) to a writable folder with space")
+        atomic_write(Path(path), torch_saver(checkpoint), RUN_OUTPUT_HINT)
 
 
 def build_data(cfg: DictConfig) -> RankedTagDataModule:
@@ -246,9 +248,8 @@ def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, f
     if loo is not None:  # only where the data has several lists per image (not the synthetic set)
         summary["loo"] = loo
         print(format_loo(loo, model.top_k, title))
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    with open(out_dir / "predictions.jsonl", "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=1), RUN_OUTPUT_HINT)
+    atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(line) + "\n" for line in lines), RUN_OUTPUT_HINT)
     return test
 
 

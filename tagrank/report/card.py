@@ -18,7 +18,7 @@ from lightning import LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
 import tagrank
-from tagrank.data.cache import atomic_write_text
+from tagrank.files import atomic_write_text
 from tagrank.data.datamodule import RankedTagDataModule
 from tagrank.metrics import format_table
 
