@@ -1,7 +1,7 @@
 """Lightning callbacks that are part of tagrank's training recipe.
 
-StagedFinetuning (the paper's schedule), RandomState, NonFiniteGuard, ModelInputs and RunSettings (added to every run by
-``build_trainer``: exact resumption, no diverged checkpoint, checkpoints usable without the dataset), ChannelsLast (a default callback), and the
+StagedFinetuning (the paper's schedule), RandomState and NonFiniteGuard (added to every run by ``build_trainer``:
+exact resumption, no diverged checkpoint; what else a checkpoint holds: tagrank.checkpoint), ChannelsLast (a default callback), and the
 dashboard callbacks MetricCurves and PredictionTable, which act only when a WandbLogger is present.
 """
 
@@ -139,44 +139,6 @@ class RandomState(Callback):
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
-
-
-INPUTS_KEY = "tagrank_inputs"
-
-
-class ModelInputs(Callback):
-    """Keep in every checkpoint what using the model needs besides its weights: the tag names (in the
-    order of the model's outputs) and the image size its backbone ran at, under ``checkpoint["tagrank_inputs"]``.
-
-    So ``tagrank-predict`` and ``tagrank-export`` need the checkpoint alone, no dataset or run config.
-    Plain strings and ints: the checkpoint still loads with ``weights_only=True``.
-    """
-
-    def __init__(self, image_size: int) -> None:
-        self.image_size = image_size
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        vocab = getattr(trainer.datamodule, "vocab", None)
-        if vocab is not None:
-            checkpoint[INPUTS_KEY] = {"tags": list(vocab.tags), "image_size": int(self.image_size)}
-
-
-SETTINGS_KEY = "tagrank_settings"
-
-
-class RunSettings(Callback):
-    """Keep in every checkpoint the settings that decide what its run trains, besides the model's own
-    hyperparameters (which Lightning keeps): ``data.*``, ``backbone.*`` and the seed, flat, under
-    ``checkpoint["tagrank_settings"]``. A resume with other settings is refused with them named
-    (``tagrank.cli.train.check_same_settings``) instead of training on with defaults the first command had
-    overridden. Plain values: the checkpoint still loads with ``weights_only=True``.
-    """
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[SETTINGS_KEY] = self.settings
 
 
 class NonFiniteGuard(Callback):

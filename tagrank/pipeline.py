@@ -22,7 +22,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from omegaconf import DictConfig, OmegaConf
 
-from tagrank.callbacks import SETTINGS_KEY, ModelInputs, NonFiniteGuard, RandomState, RunSettings, SlurmRequeue
+from tagrank import checkpoint
+from tagrank.callbacks import NonFiniteGuard, RandomState, SlurmRequeue
+from tagrank.checkpoint import ModelInputs, RunSettings
 from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
@@ -66,17 +68,6 @@ def check_backbone(cfg: DictConfig) -> None:
             raise TagrankError(f"backbone.finetune_blocks={blocks}: backbone={node.name} has no blocks to split; "
                                "it is for the EfficientNet-Lite backbones (null fine-tunes the whole backbone)")
         BACKBONES[node.name].check_top_blocks(blocks)
-
-
-def checkpoint_class(path: Path) -> str:
-    """The class that wrote a tagrank checkpoint (its ``tagrank_class`` entry); the tensors are not read."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise TagrankError(f"{path}: not a readable checkpoint ({str(err).strip().splitlines()[0][:200]})") from err
-    if "tagrank_class" not in ckpt:
-        raise TagrankError(f"{path}: not a tagrank checkpoint (no 'tagrank_class' entry)")
-    return ckpt["tagrank_class"]
 
 
 def build_model(cfg: DictConfig, num_tags: int) -> LightningModule:
@@ -158,9 +149,7 @@ def check_trained_with(ckpt: Path, here: dict[str, Any], named: str, advice: str
     ``data.*``, ``backbone.*``, ``seed``), in one line that names them and gives the overrides: "<named>
     was trained with other settings (...): <advice>, k=v ...". Settings a checkpoint does not hold
     (written by an older tagrank) are not compared."""
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    there = {f"model.{k}": v for k, v in (saved.get("hyper_parameters") or {}).items()}
-    there.update(saved.get(SETTINGS_KEY) or {})
+    there = checkpoint.trained_with(checkpoint.load(ckpt))
     differ = [k for k in here if k in there and _plain(there[k]) != _plain(here[k])]
     if differ:
         raise TagrankError(f"ckpt_path={named} was trained with other settings ("

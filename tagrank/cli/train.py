@@ -30,14 +30,14 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tagrank import CONF_DIR
+from tagrank import CONF_DIR, checkpoint
 from tagrank.cli import command
 from tagrank.config import Seed, check_node, check_value, in_multirun, instantiate
 from tagrank.dashboard import check_wandb, log_config
 from tagrank.errors import TagrankError
 from tagrank.models.backbones import resolve_weights
 from tagrank.pipeline import (attach_inputs, build_model, build_trainer, check_backbone, check_trained_with,
-                              checkpoint_class, keep_previous_csv, planned_steps, report, run_settings)
+                              keep_previous_csv, planned_steps, report, run_settings)
 from tagrank.quiet import quiet_resumed
 from tagrank.report.card import describe, log_summary, write_card
 
@@ -123,7 +123,7 @@ def resume_point(cfg: DictConfig) -> str | None:
         ckpt = Path(cfg.ckpt_path).expanduser().resolve()
         if not ckpt.is_file():
             raise TagrankError(f"ckpt_path={cfg.ckpt_path!r} does not exist; pass <run>/checkpoints/last.ckpt to resume")
-        written_by, wanted = checkpoint_class(ckpt), cfg.model._target_
+        written_by, wanted = checkpoint.model_class(ckpt), cfg.model._target_
         if written_by != wanted:
             raise TagrankError(f"ckpt_path={cfg.ckpt_path} was written by {written_by.rsplit('.', 1)[-1]}, not "
                                f"{wanted.rsplit('.', 1)[-1]}: resume with model={model_option(written_by)}")
@@ -176,7 +176,7 @@ def check_same_settings(ckpt: Path, cfg: DictConfig) -> None:
 def check_weights_fit(ckpt_path: str, model: L.LightningModule) -> None:
     """A checkpoint of the same class whose weights have other shapes (another ``model.hidden_size``,
     another vocabulary) would fail deep inside Lightning's restore: name the settings that differ."""
-    theirs = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    theirs = checkpoint.load(ckpt_path)
     mine = model.state_dict()
     misfits = [k for k, v in theirs["state_dict"].items() if k in mine and mine[k].shape != v.shape]
     if not misfits:
