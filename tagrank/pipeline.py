@@ -32,8 +32,9 @@ from tagrank.data.features import cached_features
 from tagrank.errors import TagrankError
 from tagrank.files import atomic_write, atomic_write_text, torch_saver
 from tagrank.loo import format_loo, loo_summary
-from tagrank.metrics import RankingMetrics, format_table
+from tagrank.metrics import format_table
 from tagrank.models.backbones import BACKBONES, load_pretrained, resolve_weights
+from tagrank.models.frequency import frequency_prior
 
 log = logging.getLogger("tagrank")
 
@@ -240,12 +241,3 @@ def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, f
     atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=1), RUN_OUTPUT_HINT)
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(line) + "\n" for line in lines), RUN_OUTPUT_HINT)
     return test
-
-
-def frequency_prior(dm: RankedTagDataModule, rows: list[int], k: int, relevance: str = "linear") -> dict[str, float]:
-    """The floor any method must beat: the training split's most frequent tags, in order, for every image
-    (scored on the manifest ``rows``)."""
-    metric = RankingMetrics(k, relevance, sync_on_compute=False)  # computed on one process (rank 0 under DDP)
-    prior = torch.arange(min(k, len(dm.vocab))).expand(len(rows), -1)
-    metric.update(prior, dm.targets[rows])
-    return {key: float(v) for key, v in metric.compute().items()}
