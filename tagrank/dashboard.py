@@ -24,8 +24,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tagrank.config import in_multirun
-from tagrank.files import atomic_write_text
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write_text
 
 log = logging.getLogger("tagrank")
 

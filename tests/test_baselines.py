@@ -14,7 +14,7 @@ import pytest
 import torch
 from sklearn.svm import LinearSVC
 
-from tagrank import CONF_DIR
+from tagrank import config_options
 from tagrank.checkpoint import model_class
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, SetMetrics, ndcg_at_k, precision_at_k
@@ -32,7 +32,7 @@ def load_checkpoint(path: Path):
                                                                          weights_only=True)
 
 
-MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+MODELS = config_options("model")
 # Two small values of C for the SVMs' runs here: their default grids (to C = 10) also work, but on 96
 # images a large C takes hundreds of iterations and tests nothing more (C=auto itself: tests below).
 SHORT_GRID = {"svm": ["model.C_grid=[0.1,1.0]"], "svm_rank": ["model.C_grid=[0.01,0.1]"]}

@@ -38,8 +38,8 @@ from tagrank.cli import command
 from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.data.datamodule import image_transform, load_image
 from tagrank.data.images import progress
-from tagrank.files import atomic_write_text, check_writable
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write_text, check_writable
 from tagrank.models.base import RankedTagger
 
 log = logging.getLogger("tagrank")

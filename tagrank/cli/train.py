@@ -36,6 +36,7 @@ from tagrank.config import Seed, check_node, check_value, in_multirun, instantia
 from tagrank.dashboard import check_wandb, log_config
 from tagrank.errors import TagrankError
 from tagrank.models.backbones import resolve_weights
+from tagrank.models.staged import finetunes
 from tagrank.pipeline import (attach_inputs, build_model, build_trainer, check_backbone, check_trained_with,
                               keep_previous_csv, planned_steps, report, run_settings)
 from tagrank.quiet import quiet_resumed
@@ -70,7 +71,7 @@ def train(cfg: DictConfig, command_log: Path | None = None) -> float | None:
         check_weights_fit(ckpt_path, model)
     check_val_check_interval(trainer, dm)
     planned = planned_steps(cfg, dm)
-    need_images = 0 < model.hparams.get("finetune_after_steps", 0) < planned
+    need_images = finetunes(model, planned)
     facts = describe(cfg, dm, model, planned)  # also says whether the backbone will be fine-tuned
     if trainer.is_global_zero:
         log_summary(out_dir, facts)
@@ -157,7 +158,7 @@ def append_log(mine: Path, theirs: Path) -> None:
 
 def model_option(class_path: str) -> str:
     """The ``model=`` option (conf/model/<name>.yaml) that builds ``class_path``."""
-    for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
+    for path in sorted((Path(CONF_DIR) / "model").glob("[!_]*.yaml")):
         if OmegaConf.load(path).get("_target_") == class_path:
             return path.stem
     return f"<a config whose _target_ is {class_path}>"

@@ -21,12 +21,12 @@ from lightning import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
-from tagrank.callbacks import StagedFinetuning
 from tagrank.checkpoint import read_model, read_plateau, write_model, write_plateau
 from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, Relevance, SetMetrics
 from tagrank.models.backbones import backbone_input, backbone_output, build_backbone, top_output
+from tagrank.models.staged import StagedFinetuning, finetune_step
 
 class RankedTagger(LightningModule):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: PositiveInt = 10,
@@ -320,8 +320,8 @@ class StagedTagger(RankedTagger):
     def configure_callbacks(self):
         # For fit only: a trainer.test after trainer.fit still holds the one fit added, which this would
         # replace (and Lightning would say so); testing needs no schedule.
-        if self.hparams.finetune_after_steps > 0 and self.trainer.state.fn == TrainerFn.FITTING:
-            return [StagedFinetuning(self.hparams.finetune_after_steps, self.hparams.finetune_lr,
+        if finetune_step(self) > 0 and self.trainer.state.fn == TrainerFn.FITTING:
+            return [StagedFinetuning(finetune_step(self), self.hparams.finetune_lr,
                                      self.hparams.finetune_weight_decay)]
         return []
 
