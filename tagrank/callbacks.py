@@ -1,8 +1,9 @@
 """Lightning callbacks that are part of tagrank's training recipe.
 
-RandomState and NonFiniteGuard (added to every run by ``build_trainer``:
-exact resumption, no diverged checkpoint; what else a checkpoint holds: tagrank.checkpoint), ChannelsLast (a default callback), and the
-dashboard callbacks MetricCurves and PredictionTable, which act only when a WandbLogger is present.
+RandomState and NonFiniteGuard (added to every run by ``build_trainer``: exact resumption, no diverged
+checkpoint), ChannelsLast (a default callback) and SlurmRequeue (under SLURM). Elsewhere, beside what
+they serve: the staged fine-tuning schedule (tagrank.models.staged), what a checkpoint holds
+(tagrank.checkpoint), the W&B dashboard callbacks (tagrank.dashboard).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import random
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -136,74 +136,6 @@ class ChannelsLast(Callback):
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._convert(batch)
-
-
-def wandb_logger(trainer):
-    """The run's WandbLogger on the process that writes (global rank 0), else None."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    if not trainer.is_global_zero:
-        return None
-    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-
-
-class MetricCurves(Callback):
-    """With a WandbLogger: NDCG@k and P@k against k as a line plot, after each validation and the test."""
-
-    def _log(self, trainer, stage: str) -> None:
-        logger = wandb_logger(trainer)
-        metrics = trainer.callback_metrics
-        if logger is None or trainer.sanity_checking or f"{stage}/ndcg@1" not in metrics:
-            return
-        import wandb
-
-        ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith(f"{stage}/ndcg@"))
-        ys = [[float(metrics[f"{stage}/{name}@{k}"]) for k in ks] for name in ("ndcg", "p")]
-        plot = wandb.plot.line_series(xs=ks, ys=ys, keys=["NDCG@k", "P@k"], title=f"{stage}: NDCG@k and P@k", xname="k")
-        logger.experiment.log({f"{stage}/curves": plot, "trainer/global_step": trainer.global_step})
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._log(trainer, "val")
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        self._log(trainer, "test")
-
-
-class PredictionTable(Callback):
-    """With a WandbLogger: after each validation, a table of the same ``num_images`` validation images
-    (the first ones of the split) with their ground-truth and predicted ranked tags (``val/predictions``).
-    """
-
-    def __init__(self, num_images: int = 16, thumbnail: int = 128) -> None:
-        self.num_images, self.thumbnail = num_images, thumbnail
-
-    @torch.no_grad()
-    def on_validation_end(self, trainer, pl_module) -> None:
-        logger = wandb_logger(trainer)
-        dm = trainer.datamodule
-        if logger is None or trainer.sanity_checking or dm is None or self.num_images <= 0:
-            return
-        import wandb
-        from tagrank.data.images import load_image
-        from torch.utils.data import default_collate
-
-        dataset = dm.dataset("val")
-        items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
-        batch = {k: v.to(pl_module.device) for k, v in default_collate(items).items()}
-        was_training = pl_module.training
-        pl_module.eval()
-        preds = pl_module.rank(batch).tolist()
-        pl_module.train(was_training)
-        rows = []
-        for item, pred in zip(items, preds):
-            row = int(item["index"])
-            im = load_image(dm.paths[row])  # upright, as trained on
-            im.thumbnail((self.thumbnail, self.thumbnail))
-            image = wandb.Image(im, caption=dm.records[row].image)
-            truth = dm.vocab.decode(dm.vocab.encode(dm.records[row].tags))
-            rows.append([image, ", ".join(truth), ", ".join(dm.vocab.decode(pred))])
-        logger.log_table("val/predictions", columns=["image", "truth", "predicted"], data=rows,
-                         step=trainer.global_step)
 
 
 class SlurmRequeue(Callback):
