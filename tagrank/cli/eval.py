@@ -64,7 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     dm.setup()
     saved = checkpoint.inputs(checkpoint.load(ckpt))  # None: written before checkpoints kept the tag names
     checkpoint.check_vocabulary(ckpt, model.num_tags, dm.vocab.tags, f"data={cfg.data.source}",
-                                "evaluate on the data it was trained on", saved and saved[0])
+                                "evaluate on the data it was trained on", saved[0] if saved else None)
     attach_inputs(cfg, dm, model, need_images=False)
     loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
     # The test loop collects predictions; pointed at the val loader it scores the val split.
