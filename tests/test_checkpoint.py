@@ -19,7 +19,7 @@ DATA = [o for o in TINY if o.startswith("data.")] + ["data.seed=1"]
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, cache_dir):
     """An LSTM trained for a few steps on the tiny synthetic set, with the run config tagrank-eval reads."""
-    from tagrank.train import train
+    from tagrank.cli.train import train
 
     run = tmp_path_factory.mktemp("tiny-run")
     cfg = compose_cfg(TINY + ["data.seed=1", "trainer.max_epochs=1", "test=false"], run, cache_dir)
@@ -64,7 +64,7 @@ def test_eval_refuses_another_vocabulary_of_the_same_size(tiny_run, tmp_path, cl
     but wrong; one line naming the first tags that differ, exit 2, nothing written."""
     run, cfg = tiny_run
     proc = subprocess.run(
-        [sys.executable, "-m", "tagrank.eval", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={tmp_path}/eval",
+        [sys.executable, "-m", "tagrank.cli.eval", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={tmp_path}/eval",
          f"paths.cache_dir={cfg.paths.cache_dir}", "data=synthetic", *DATA, "data.seed=7"],
         capture_output=True, text=True, env=cli_env, timeout=600)
     assert proc.returncode == 2, proc.stderr[-2000:]
