@@ -28,12 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 from scipy.stats import spearmanr
 from sklearn.svm import LinearSVC
 
+from tagrank.checkpoint import model_class
 from tagrank.cli import command
 from tagrank.config import PositiveFloat, check_value
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics
 from tagrank.models.svm import LinearSVM, presence
-from tagrank.pipeline import attach_inputs, build_data, build_model, checkpoint_class
+from tagrank.pipeline import attach_inputs, build_data, build_model
 
 
 OWN = ("run", "tol", "intercept_scaling")  # this script's settings; every other one is tagrank-train's
@@ -51,7 +52,7 @@ def load_setup(cfg: DictConfig) -> tuple[DictConfig, LinearSVM | None]:
         raise TagrankError(f"run={run}: expected a tagrank-train run directory (.hydra/config.yaml, "
                            "checkpoints/best.ckpt)")
     ckpt = run / "checkpoints/best.ckpt"
-    model = hydra.utils.get_class(checkpoint_class(ckpt)).load_from_checkpoint(ckpt, weights_only=True)
+    model = hydra.utils.get_class(model_class(ckpt)).load_from_checkpoint(ckpt, weights_only=True)
     if type(model) is not LinearSVM:
         raise TagrankError(f"run={run}: its checkpoint is a {type(model).__name__}, not model=svm")
     return OmegaConf.load(run / ".hydra/config.yaml"), model

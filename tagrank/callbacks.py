@@ -1,8 +1,9 @@
 """Lightning callbacks that are part of tagrank's training recipe.
 
-StagedFinetuning (the paper's schedule), RandomState, NonFiniteGuard, ModelInputs and RunSettings (added to every run by
-``build_trainer``: exact resumption, no diverged checkpoint, checkpoints usable without the dataset), ChannelsLast (a default callback), and the
-dashboard callbacks MetricCurves and PredictionTable, which act only when a WandbLogger is present.
+RandomState and NonFiniteGuard (added to every run by ``build_trainer``: exact resumption, no diverged
+checkpoint), ChannelsLast (a default callback) and SlurmRequeue (under SLURM). Elsewhere, beside what
+they serve: the staged fine-tuning schedule (tagrank.models.staged), what a checkpoint holds
+(tagrank.checkpoint), the W&B dashboard callbacks (tagrank.dashboard).
 """
 
 from __future__ import annotations
@@ -13,98 +14,14 @@ import random
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BaseFinetuning, Callback
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.callbacks import Callback
 
 from tagrank.errors import TagrankError
 
 log = logging.getLogger(__name__)
-
-
-class StagedFinetuning(BaseFinetuning):
-    """Keep the backbone frozen for ``unfreeze_at_step`` optimiser steps, then train it too.
-
-    The paper's schedule: 7500 iterations on a frozen VGG16, then the CNN joins at lr 1e-5 with weight
-    decay 1e-3 as a second parameter group (visible as its own learning rate in the logger). Lightning's
-    ``BackboneFinetuning`` counts epochs; this one counts steps. ``BaseFinetuning`` stores the added
-    group, so a run resumed after the switch restores it (and the backbone is made trainable again).
-    With ``backbone.finetune_blocks`` only the model's ``finetuned_modules`` (the backbone's top) join,
-    on the trunk's cached outputs instead of images.
-    """
-
-    def __init__(self, unfreeze_at_step: int, lr: float = 1e-5, weight_decay: float = 1e-3) -> None:
-        super().__init__()
-        self.unfreeze_at_step, self.lr, self.weight_decay = unfreeze_at_step, lr, weight_decay
-
-    def freeze_before_training(self, pl_module) -> None:
-        self.freeze(pl_module.backbone, train_bn=False)
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)  # freezes the backbone
-        # DDP synchronises the gradients of the parameters that require grad when it wraps the model
-        # (after this hook): a backbone frozen then would train apart on every process after the
-        # switch. So DDP sees it trainable; on_fit_start freezes it again until the switch (the
-        # unused parameters meanwhile are why trainer=ddp finds unused parameters).
-        self._ddp_register = stage == "fit" and isinstance(trainer.strategy, DDPStrategy) and trainer.world_size > 1
-        if self._ddp_register:
-            for module in pl_module.finetuned_modules():
-                module.requires_grad_(True)
-
-    def finetune_function(self, pl_module, epoch: int, optimizer) -> None:
-        pass  # step-based: see on_train_batch_start
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        resumed_after_switch = self._restarting and len(self._internal_optimizer_metadata.get(0, [])) > 1
-        super().on_fit_start(trainer, pl_module)
-        if resumed_after_switch:
-            self.make_trainable(pl_module.finetuned_modules())
-            _start_images(trainer)  # before the sanity check: validation needs images from now on
-        elif getattr(self, "_ddp_register", False):
-            self.freeze(pl_module.backbone, train_bn=False)
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        pass  # the base class would call finetune_function each epoch
-
-    def _start_images_if_due(self, trainer) -> None:
-        # Images are decoded only from a few batches before the switch: enough that the batches already
-        # prepared when it comes (2 per loader worker, and the one Lightning fetches ahead) carry them.
-        workers = getattr(trainer.datamodule, "num_workers", 0)
-        if trainer.global_step >= self.unfreeze_at_step - 2 * workers - 2:
-            _start_images(trainer)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._start_images_if_due(trainer)  # a run resumed just before the switch: before the first fetch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if pl_module.backbone_trainable:
-            return
-        self._start_images_if_due(trainer)
-        if trainer.global_step < self.unfreeze_at_step:
-            return
-        if "image" not in batch and "trunk" not in batch:
-            if getattr(trainer.datamodule, "images_started", False):
-                return  # a batch prepared before the images started: switch at the next one
-            raise TagrankError("fine-tuning needs images in the batch, but this run was started with cached "
-                               "features only (it did not expect to reach model.finetune_after_steps)")
-        optimizer = trainer.optimizers[0]
-        n_groups = len(optimizer.param_groups)
-        self.unfreeze_and_add_param_group(pl_module.finetuned_modules(), optimizer, lr=self.lr, train_bn=True)
-        optimizer.param_groups[-1]["weight_decay"] = self.weight_decay
-        self._store(pl_module, 0, n_groups, optimizer.param_groups)
-        pl_module.mark_finetuned()
-        blocks = pl_module.finetune_blocks
-        log.info("step %d: %s unfrozen (lr %g, weight decay %g)", trainer.global_step,
-                 "backbone" if blocks is None else f"backbone's last {blocks} blocks and head", self.lr, self.weight_decay)
-
-
-def _start_images(trainer) -> None:
-    start = getattr(trainer.datamodule, "start_images", None)
-    if start is not None:
-        start()
 
 
 class RandomState(Callback):
@@ -139,44 +56,6 @@ class RandomState(Callback):
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
-
-
-INPUTS_KEY = "tagrank_inputs"
-
-
-class ModelInputs(Callback):
-    """Keep in every checkpoint what using the model needs besides its weights: the tag names (in the
-    order of the model's outputs) and the image size its backbone ran at, under ``checkpoint["tagrank_inputs"]``.
-
-    So ``tagrank-predict`` and ``tagrank-export`` need the checkpoint alone, no dataset or run config.
-    Plain strings and ints: the checkpoint still loads with ``weights_only=True``.
-    """
-
-    def __init__(self, image_size: int) -> None:
-        self.image_size = image_size
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        vocab = getattr(trainer.datamodule, "vocab", None)
-        if vocab is not None:
-            checkpoint[INPUTS_KEY] = {"tags": list(vocab.tags), "image_size": int(self.image_size)}
-
-
-SETTINGS_KEY = "tagrank_settings"
-
-
-class RunSettings(Callback):
-    """Keep in every checkpoint the settings that decide what its run trains, besides the model's own
-    hyperparameters (which Lightning keeps): ``data.*``, ``backbone.*`` and the seed, flat, under
-    ``checkpoint["tagrank_settings"]``. A resume with other settings is refused with them named
-    (``tagrank.cli.train.check_same_settings``) instead of training on with defaults the first command had
-    overridden. Plain values: the checkpoint still loads with ``weights_only=True``.
-    """
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = settings
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[SETTINGS_KEY] = self.settings
 
 
 class NonFiniteGuard(Callback):
@@ -257,74 +136,6 @@ class ChannelsLast(Callback):
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._convert(batch)
-
-
-def wandb_logger(trainer):
-    """The run's WandbLogger on the process that writes (global rank 0), else None."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    if not trainer.is_global_zero:
-        return None
-    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-
-
-class MetricCurves(Callback):
-    """With a WandbLogger: NDCG@k and P@k against k as a line plot, after each validation and the test."""
-
-    def _log(self, trainer, stage: str) -> None:
-        logger = wandb_logger(trainer)
-        metrics = trainer.callback_metrics
-        if logger is None or trainer.sanity_checking or f"{stage}/ndcg@1" not in metrics:
-            return
-        import wandb
-
-        ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith(f"{stage}/ndcg@"))
-        ys = [[float(metrics[f"{stage}/{name}@{k}"]) for k in ks] for name in ("ndcg", "p")]
-        plot = wandb.plot.line_series(xs=ks, ys=ys, keys=["NDCG@k", "P@k"], title=f"{stage}: NDCG@k and P@k", xname="k")
-        logger.experiment.log({f"{stage}/curves": plot, "trainer/global_step": trainer.global_step})
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._log(trainer, "val")
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        self._log(trainer, "test")
-
-
-class PredictionTable(Callback):
-    """With a WandbLogger: after each validation, a table of the same ``num_images`` validation images
-    (the first ones of the split) with their ground-truth and predicted ranked tags (``val/predictions``).
-    """
-
-    def __init__(self, num_images: int = 16, thumbnail: int = 128) -> None:
-        self.num_images, self.thumbnail = num_images, thumbnail
-
-    @torch.no_grad()
-    def on_validation_end(self, trainer, pl_module) -> None:
-        logger = wandb_logger(trainer)
-        dm = trainer.datamodule
-        if logger is None or trainer.sanity_checking or dm is None or self.num_images <= 0:
-            return
-        import wandb
-        from tagrank.data.images import load_image
-        from torch.utils.data import default_collate
-
-        dataset = dm.dataset("val")
-        items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
-        batch = {k: v.to(pl_module.device) for k, v in default_collate(items).items()}
-        was_training = pl_module.training
-        pl_module.eval()
-        preds = pl_module.rank(batch).tolist()
-        pl_module.train(was_training)
-        rows = []
-        for item, pred in zip(items, preds):
-            row = int(item["index"])
-            im = load_image(dm.paths[row])  # upright, as trained on
-            im.thumbnail((self.thumbnail, self.thumbnail))
-            image = wandb.Image(im, caption=dm.records[row].image)
-            truth = dm.vocab.decode(dm.vocab.encode(dm.records[row].tags))
-            rows.append([image, ", ".join(truth), ", ".join(dm.vocab.decode(pred))])
-        logger.log_table("val/predictions", columns=["image", "truth", "predicted"], data=rows,
-                         step=trainer.global_step)
 
 
 class SlurmRequeue(Callback):

@@ -10,6 +10,10 @@
   unless ``WANDB_DATA_DIR`` is set.
 - The composed config is logged with dotted keys (``model.lr``), beside Lightning's own
   hyperparameter logging of the model's arguments (:func:`log_config`).
+- Two callbacks of the default set act only when a WandbLogger is present: NDCG@k and P@k against k
+  (:class:`MetricCurves`) and a table of validation images with their tags (:class:`PredictionTable`).
+- Table 1 of a sweep goes to a small "aggregate" run beside the trial runs (:func:`log_aggregate_run`).
+- W&B is imported only where a W&B run is used: without ``logger=wandb``, a run never loads it.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from tagrank.config import in_multirun
-from tagrank.data.records import atomic_write_text
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write_text
 
 log = logging.getLogger("tagrank")
 
@@ -121,3 +127,90 @@ def log_config(trainer, cfg: DictConfig) -> None:
         tree = OmegaConf.to_container(cfg, resolve=False)
     for lg in loggers:
         lg.experiment.config.update(flat(tree), allow_val_change=True)
+
+
+def wandb_logger(trainer):
+    """The run's WandbLogger on the process that writes (global rank 0), else None."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not trainer.is_global_zero:
+        return None
+    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
+class MetricCurves(Callback):
+    """With a WandbLogger: NDCG@k and P@k against k as a line plot, after each validation and the test."""
+
+    def _log(self, trainer, stage: str) -> None:
+        logger = wandb_logger(trainer)
+        metrics = trainer.callback_metrics
+        if logger is None or trainer.sanity_checking or f"{stage}/ndcg@1" not in metrics:
+            return
+        import wandb
+
+        ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith(f"{stage}/ndcg@"))
+        ys = [[float(metrics[f"{stage}/{name}@{k}"]) for k in ks] for name in ("ndcg", "p")]
+        plot = wandb.plot.line_series(xs=ks, ys=ys, keys=["NDCG@k", "P@k"], title=f"{stage}: NDCG@k and P@k", xname="k")
+        logger.experiment.log({f"{stage}/curves": plot, "trainer/global_step": trainer.global_step})
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._log(trainer, "val")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._log(trainer, "test")
+
+
+class PredictionTable(Callback):
+    """With a WandbLogger: after each validation, a table of the same ``num_images`` validation images
+    (the first ones of the split) with their ground-truth and predicted ranked tags (``val/predictions``).
+    """
+
+    def __init__(self, num_images: int = 16, thumbnail: int = 128) -> None:
+        self.num_images, self.thumbnail = num_images, thumbnail
+
+    @torch.no_grad()
+    def on_validation_end(self, trainer, pl_module) -> None:
+        logger = wandb_logger(trainer)
+        dm = trainer.datamodule
+        if logger is None or trainer.sanity_checking or dm is None or self.num_images <= 0:
+            return
+        import wandb
+        from tagrank.data.images import load_image
+        from torch.utils.data import default_collate
+
+        dataset = dm.dataset("val")
+        items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+        batch = {k: v.to(pl_module.device) for k, v in default_collate(items).items()}
+        was_training = pl_module.training
+        pl_module.eval()
+        preds = pl_module.rank(batch).tolist()
+        pl_module.train(was_training)
+        rows = []
+        for item, pred in zip(items, preds):
+            row = int(item["index"])
+            im = load_image(dm.paths[row])  # upright, as trained on
+            im.thumbnail((self.thumbnail, self.thumbnail))
+            image = wandb.Image(im, caption=dm.records[row].image)
+            truth = dm.vocab.decode(dm.vocab.encode(dm.records[row].tags))
+            rows.append([image, ", ".join(truth), ", ".join(dm.vocab.decode(pred))])
+        logger.log_table("val/predictions", columns=["image", "truth", "predicted"], data=rows,
+                         step=trainer.global_step)
+
+
+def log_aggregate_run(out_dir: Path, name: str, group: str, config: dict[str, Any],
+                      tables: dict[str, tuple[list[str], list[list[Any]]]], images: dict[str, Path],
+                      summary: dict[str, float]) -> None:
+    """One small W&B run (offline unless ``WANDB_MODE=online``) in ``out_dir/wandb`` of job type
+    "aggregate", in W&B group ``group``: ``tables`` as wandb Tables (name -> columns, rows), ``images``
+    as images, ``summary`` in its summary."""
+    import wandb
+
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tagrank"), name=name, job_type="aggregate", group=group,
+                     dir=str(out_dir), mode=os.environ.get("WANDB_MODE", "offline"), config=config)
+    try:
+        run.log({**{key: wandb.Table(columns=columns, data=rows) for key, (columns, rows) in tables.items()},
+                 **{key: wandb.Image(str(path)) for key, path in images.items()}})
+        for key, value in summary.items():
+            run.summary[key] = value
+    finally:
+        wandb.finish()

@@ -22,26 +22,31 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from omegaconf import DictConfig, OmegaConf
 
-from tagrank.callbacks import SETTINGS_KEY, ModelInputs, NonFiniteGuard, RandomState, RunSettings, SlurmRequeue
+from tagrank import checkpoint
+from tagrank.callbacks import NonFiniteGuard, RandomState, SlurmRequeue
+from tagrank.checkpoint import ModelInputs, RunSettings
 from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features
-from tagrank.data.cache import atomic_write, torch_saver
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write, atomic_write_text, torch_saver
 from tagrank.loo import format_loo, loo_summary
-from tagrank.metrics import RankingMetrics, format_table
+from tagrank.metrics import format_table
 from tagrank.models.backbones import BACKBONES, load_pretrained, resolve_weights
+from tagrank.models.frequency import frequency_prior
 
 log = logging.getLogger("tagrank")
+
+# What to do when a run's folder (checkpoints, metrics.json, predictions.jsonl) is full or read-only.
+RUN_OUTPUT_HINT = "free space there, or set TAGRANK_LOGS (or hydra.run.dir) to a writable folder with space"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file and rename it: a killed run never leaves half a file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(Path(path), torch_saver(checkpoint),
-                     hint="free space there, or set TAGRANK_LOGS (or hydra.run.dir) to a writable folder with space")
+        atomic_write(Path(path), torch_saver(checkpoint), RUN_OUTPUT_HINT)
 
 
 def build_data(cfg: DictConfig) -> RankedTagDataModule:
@@ -64,17 +69,6 @@ def check_backbone(cfg: DictConfig) -> None:
             raise TagrankError(f"backbone.finetune_blocks={blocks}: backbone={node.name} has no blocks to split; "
                                "it is for the EfficientNet-Lite backbones (null fine-tunes the whole backbone)")
         BACKBONES[node.name].check_top_blocks(blocks)
-
-
-def checkpoint_class(path: Path) -> str:
-    """The class that wrote a tagrank checkpoint (its ``tagrank_class`` entry); the tensors are not read."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise TagrankError(f"{path}: not a readable checkpoint ({str(err).strip().splitlines()[0][:200]})") from err
-    if "tagrank_class" not in ckpt:
-        raise TagrankError(f"{path}: not a tagrank checkpoint (no 'tagrank_class' entry)")
-    return ckpt["tagrank_class"]
 
 
 def build_model(cfg: DictConfig, num_tags: int) -> LightningModule:
@@ -156,9 +150,7 @@ def check_trained_with(ckpt: Path, here: dict[str, Any], named: str, advice: str
     ``data.*``, ``backbone.*``, ``seed``), in one line that names them and gives the overrides: "<named>
     was trained with other settings (...): <advice>, k=v ...". Settings a checkpoint does not hold
     (written by an older tagrank) are not compared."""
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    there = {f"model.{k}": v for k, v in (saved.get("hyper_parameters") or {}).items()}
-    there.update(saved.get(SETTINGS_KEY) or {})
+    there = checkpoint.trained_with(checkpoint.load(ckpt))
     differ = [k for k in here if k in there and _plain(there[k]) != _plain(here[k])]
     if differ:
         raise TagrankError(f"ckpt_path={named} was trained with other settings ("
@@ -246,16 +238,6 @@ def report(dm: RankedTagDataModule, model: LightningModule, metrics: dict[str, f
     if loo is not None:  # only where the data has several lists per image (not the synthetic set)
         summary["loo"] = loo
         print(format_loo(loo, model.top_k, title))
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    with open(out_dir / "predictions.jsonl", "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=1), RUN_OUTPUT_HINT)
+    atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(line) + "\n" for line in lines), RUN_OUTPUT_HINT)
     return test
-
-
-def frequency_prior(dm: RankedTagDataModule, rows: list[int], k: int, relevance: str = "linear") -> dict[str, float]:
-    """The floor any method must beat: the training split's most frequent tags, in order, for every image
-    (scored on the manifest ``rows``)."""
-    metric = RankingMetrics(k, relevance, sync_on_compute=False)  # computed on one process (rank 0 under DDP)
-    prior = torch.arange(min(k, len(dm.vocab))).expand(len(rows), -1)
-    metric.update(prior, dm.targets[rows])
-    return {key: float(v) for key, v in metric.compute().items()}

@@ -26,10 +26,10 @@ ARCHITECTURE = ROOT / "ARCHITECTURE.md"
 # floor of its most specific pattern (``tagrank.models.backbones`` over ``tagrank.models.*``). The same
 # table is in ARCHITECTURE.md (a test compares them): change both together.
 FLOORS: list[tuple[str, list[str]]] = [
-    ("foundation", ["tagrank", "tagrank.errors", "tagrank.quiet", "tagrank.config", "tagrank.metrics"]),
+    ("foundation", ["tagrank", "tagrank.errors", "tagrank.quiet", "tagrank.config", "tagrank.metrics", "tagrank.files"]),
     ("networks", ["tagrank.models.backbones"]),
     ("data", ["tagrank.data.*"]),
-    ("callbacks", ["tagrank.callbacks"]),
+    ("callbacks", ["tagrank.callbacks", "tagrank.checkpoint"]),
     ("models", ["tagrank.models.*"]),
     ("run", ["tagrank.pipeline", "tagrank.dashboard", "tagrank.loo"]),
     ("report", ["tagrank.report.*"]),

@@ -14,24 +14,25 @@ import pytest
 import torch
 from sklearn.svm import LinearSVC
 
-from tagrank import CONF_DIR
+from tagrank import config_options
+from tagrank.checkpoint import model_class
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, SetMetrics, ndcg_at_k, precision_at_k
 from tagrank.models.naive_rnn import NaiveRNN
 from tagrank.models.svm import LinearSVM, Primal, hinge, presence
 from tagrank.models.svm_rank import RankSVM, grades, pairwise_hinge
-from tagrank.pipeline import attach_inputs, build_data, build_model, checkpoint_class
+from tagrank.pipeline import attach_inputs, build_data, build_model
 from tagrank.cli.train import train
 
 from .conftest import TINY, compose_cfg
 
 def load_checkpoint(path: Path):
     """What tagrank-eval does: the class the checkpoint names, rebuilt from the checkpoint alone."""
-    return hydra.utils.get_class(checkpoint_class(path)).load_from_checkpoint(path, map_location="cpu",
-                                                                              weights_only=True)
+    return hydra.utils.get_class(model_class(path)).load_from_checkpoint(path, map_location="cpu",
+                                                                         weights_only=True)
 
 
-MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+MODELS = config_options("model")
 # Two small values of C for the SVMs' runs here: their default grids (to C = 10) also work, but on 96
 # images a large C takes hundreds of iterations and tests nothing more (C=auto itself: tests below).
 SHORT_GRID = {"svm": ["model.C_grid=[0.1,1.0]"], "svm_rank": ["model.C_grid=[0.01,0.1]"]}

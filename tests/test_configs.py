@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from tagrank import CONF_DIR
+from tagrank import CONF_DIR, config_options
 from tagrank.config import check_node
 from tagrank.data.sources.base import Source
 
 from .conftest import compose_cfg
 
 CONF = Path(CONF_DIR)
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+MODELS = config_options("model")  # the shared pieces (model/_staged.yaml) are no option
 DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 GROUPS = ["backbone", "trainer", "logger", "callbacks", "debug", "experiment", "launcher", "hparams_search"]
 
@@ -51,3 +52,32 @@ def test_every_group_option_composes(override, tmp_path):
             if node:
                 check_node(node, f"{name}.{key}")
     check_node(cfg.trainer, "trainer")
+
+
+STAGED = OmegaConf.load(CONF / "model/_staged.yaml")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_staged_schedule_is_set_once_for_the_methods_that_use_it(model, tmp_path):
+    """Every method trained by gradient steps gets the optimiser and fine-tuning settings from
+    model/_staged.yaml (its defaults), at the values of the class's own defaults; no model config
+    repeats one of them (a config may override one: model=lstm_tuned's lr)."""
+    from tagrank.models.base import StagedTagger
+
+    cfg = compose_cfg([f"model={model}"], tmp_path, tmp_path)
+    cls = hydra.utils.get_class(cfg.model._target_)
+    raw = OmegaConf.load(CONF / f"model/{model}.yaml")
+    assert not [k for k in STAGED if k in raw and raw[k] == STAGED[k]], f"model/{model}.yaml repeats _staged.yaml"
+    if not issubclass(cls, StagedTagger):
+        assert not set(STAGED) & set(cfg.model)
+        return
+    defaults = inspect.signature(cls.__init__).parameters
+    for key, value in STAGED.items():
+        assert key in cfg.model
+        assert _plain(value) == _plain(defaults[key].default), key
+        if key not in raw:  # not overridden here (model=lstm_tuned's lr is)
+            assert _plain(cfg.model[key]) == _plain(value), key
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else value

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from tagrank import files
 from tagrank.data import cache
 from tagrank.data.features import feature_cache_path
 from tagrank.data.images import HEADER_BYTES, ImageTransform, cached_images, image_cache_path, load_image
@@ -76,7 +77,7 @@ def test_a_feature_cache_made_before_orientation_was_applied_is_recomputed(tmp_p
     path = feature_cache_path(tmp_path, dm.name, "tiny", "d0", 32)
     saved = torch.load(io.BytesIO(cache.read(path)[0]), weights_only=True)
     del saved["decoding"]  # as an older tagrank wrote it
-    cache.write(path, cache.torch_saver({**saved, "features": torch.zeros_like(good)}), count=len(good), unit="rows")
+    cache.write(path, files.torch_saver({**saved, "features": torch.zeros_like(good)}), count=len(good), unit="rows")
     caplog.set_level(logging.INFO)
     assert torch.equal(features(dm, backbone), good)
     assert any("was made for other images" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from tagrank import files
 from tagrank.data import cache
 from tagrank.data.sources.boxes import BoxesSource
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
@@ -170,7 +171,7 @@ def test_atomically_written_files_get_the_usual_mode_not_the_temporary_files(tmp
     # mkstemp makes owner-only files; a cache or exported model written through it must not stay so.
     old = os.umask(0o022)
     try:
-        cache.atomic_write_text(tmp_path / "shared.txt", "x")
+        files.atomic_write_text(tmp_path / "shared.txt", "x")
     finally:
         os.umask(old)
     assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tagrank import files
 from tagrank.data import cache
 from tagrank.data.sources.base import ensure_built
 from tagrank.data.synthetic import SyntheticSource
@@ -22,9 +23,9 @@ from .conftest import TINY
 
 def test_a_cache_file_too_big_for_the_disk_names_the_folder_and_tagrank_cache(small_disk):
     path = small_disk / "features" / "x.pt"
-    with pytest.raises(cache.CannotWrite, match=rf"^cannot write {path}: its folder {path.parent} is full \(no space "
+    with pytest.raises(files.CannotWrite, match=rf"^cannot write {path}: its folder {path.parent} is full \(no space "
                                                 r"left on the device\); free space there, or set TAGRANK_CACHE"):
-        cache.write(path, cache.torch_saver({"features": torch.ones(200_000)}), count=1, unit="rows")
+        cache.write(path, files.torch_saver({"features": torch.ones(200_000)}), count=1, unit="rows")
     assert list(path.parent.iterdir()) == []  # no temporary file, no file without its checksum
 
 
@@ -34,14 +35,14 @@ def test_torch_s_unexpected_pos_on_a_full_disk_is_said_as_a_full_disk(small_disk
         torch.save({"x": torch.ones(200_000)}, small_disk / "direct.pt")
     (small_disk / "direct.pt").unlink()
     path = small_disk / "model.pt"
-    with pytest.raises(cache.CannotWrite, match=rf"its folder {small_disk} is full"):
-        cache.atomic_write(path, lambda tmp: torch.save({"x": torch.ones(200_000)}, tmp))
+    with pytest.raises(files.CannotWrite, match=rf"its folder {small_disk} is full"):
+        files.atomic_write(path, lambda tmp: torch.save({"x": torch.ones(200_000)}, tmp))
     assert list(small_disk.iterdir()) == []
 
 
 def test_a_checkpoint_on_a_full_disk_names_the_folder_and_tagrank_logs(small_disk):
     path = small_disk / "checkpoints" / "last.ckpt"
-    with pytest.raises(cache.CannotWrite, match=r"is full \(no space left on the device\); free space there, or set "
+    with pytest.raises(files.CannotWrite, match=r"is full \(no space left on the device\); free space there, or set "
                                                 r"TAGRANK_LOGS"):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(200_000)}}, path)
     assert list(path.parent.iterdir()) == []
@@ -49,7 +50,7 @@ def test_a_checkpoint_on_a_full_disk_names_the_folder_and_tagrank_logs(small_dis
 
 def test_a_dataset_built_into_a_read_only_cache_names_it_and_leaves_nothing(read_only_folder):
     source = SyntheticSource(n_train=4, n_val=2, n_test=2, image_size=32)
-    with pytest.raises(cache.CannotWrite, match=rf"^cannot write {read_only_folder}/\S+: its folder {read_only_folder} "
+    with pytest.raises(files.CannotWrite, match=rf"^cannot write {read_only_folder}/\S+: its folder {read_only_folder} "
                                                 r"is on a read-only file system; .*TAGRANK_CACHE"):
         ensure_built(source, read_only_folder)
     assert sorted(p.name for p in read_only_folder.iterdir()) == ["kept.txt"]
@@ -57,7 +58,7 @@ def test_a_dataset_built_into_a_read_only_cache_names_it_and_leaves_nothing(read
 
 def test_a_dataset_built_onto_a_full_disk_leaves_no_half_built_folder(small_disk):
     source = SyntheticSource(n_train=200, n_val=50, n_test=50, image_size=64)
-    with pytest.raises(cache.CannotWrite, match=rf"its folder {small_disk} is full"):
+    with pytest.raises(files.CannotWrite, match=rf"its folder {small_disk} is full"):
         ensure_built(source, small_disk)
     assert list(small_disk.iterdir()) == []
 

@@ -22,12 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from tagrank import CONF_DIR
 from tagrank.cli import command
 from tagrank.config import NonNegativeInt, PositiveFloat, check_value, instantiate
-from tagrank.data.cache import file_in_the_way, make_temp_folder
 from tagrank.data.sources.raw import SKIPPED
 from tagrank.data.sources.download import download_dataset
-from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, atomic_write_text, dataset_stats, read_manifest
+from tagrank.data.records import MANIFEST, VOCAB, Vocabulary, dataset_stats, read_manifest
 from tagrank.data.sources.base import Source, ensure_built
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write_text, file_in_the_way, make_temp_folder
 
 
 def build_into(source: Source, out: Path) -> Path:

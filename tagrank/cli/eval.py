@@ -18,11 +18,11 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tagrank import checkpoint
 from tagrank.cli import command
 from tagrank.config import Seed, check_value, instantiate
 from tagrank.errors import TagrankError
-from tagrank.pipeline import (attach_inputs, build_trainer, check_backbone, check_trained_with, checkpoint_class,
-                              report, run_settings)
+from tagrank.pipeline import attach_inputs, build_trainer, check_backbone, check_trained_with, report, run_settings
 
 log = logging.getLogger("tagrank")
 
@@ -36,7 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not ckpt.is_file():
         there = "is a folder" if ckpt.is_dir() else "does not exist"
         raise TagrankError(f"ckpt_path={str(ckpt)!r} {there}; pass <run>/checkpoints/best.ckpt")
-    model_class = hydra.utils.get_class(checkpoint_class(ckpt))  # a file that is no checkpoint: said first
+    model_class = hydra.utils.get_class(checkpoint.model_class(ckpt))  # a file that is no checkpoint: said first
     run_cfg_path = ckpt.parent.parent / ".hydra" / "config.yaml"
     with open_dict(cfg):
         if run_cfg_path.is_file():
@@ -62,9 +62,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, enable_checkpointing=False)  # it writes none (nor offers Lightning's litmodels)
     model = model_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     dm.setup()
-    if dm.num_tags != model.num_tags:
-        raise TagrankError(f"{ckpt}: the model predicts {model.num_tags} tags but data={cfg.data.source} "
-                           f"has a vocabulary of {dm.num_tags}; evaluate on the data it was trained on")
+    saved = checkpoint.inputs(checkpoint.load(ckpt))  # None: written before checkpoints kept the tag names
+    checkpoint.check_vocabulary(ckpt, model.num_tags, dm.vocab.tags, f"data={cfg.data.source}",
+                                "evaluate on the data it was trained on", saved[0] if saved else None)
     attach_inputs(cfg, dm, model, need_images=False)
     loader = dm.val_dataloader() if cfg.split == "val" else dm.test_dataloader()
     # The test loop collects predictions; pointed at the val loader it scores the val split.

@@ -33,8 +33,8 @@ from torch import nn
 
 from tagrank.cli import command
 from tagrank.cli.predict import Tagger, load_tagger, unknown_targets
-from tagrank.data.cache import atomic_write, atomic_write_text, check_writable
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write, atomic_write_text, check_writable
 from tagrank.models.base import RankedTagger
 
 log = logging.getLogger("tagrank")

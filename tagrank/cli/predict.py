@@ -5,7 +5,7 @@
     tagrank-predict ckpt_path=<scorer run>/checkpoints/best.ckpt images=photos/ stop=true   # as many as it keeps
 
 The tag names and the image size come from the checkpoint (``tagrank_inputs``, see
-:class:`~tagrank.callbacks.ModelInputs`); no dataset is read. Photos go through the same resize as in
+:mod:`tagrank.checkpoint`); no dataset is read. Photos go through the same resize as in
 training and the model's own backbone (a fine-tuned one too), and are ranked by the model's ``rank``: the
 lists are those ``tagrank-eval`` writes to ``predictions.jsonl`` for the same photos. A file that is not
 a readable image is reported, skipped and counted.
@@ -33,15 +33,14 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tagrank.callbacks import INPUTS_KEY
+from tagrank import checkpoint
 from tagrank.cli import command
 from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.data.datamodule import image_transform, load_image
 from tagrank.data.images import progress
-from tagrank.data.cache import atomic_write_text, check_writable
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write_text, check_writable
 from tagrank.models.base import RankedTagger
-from tagrank.pipeline import checkpoint_class
 
 log = logging.getLogger("tagrank")
 
@@ -70,7 +69,7 @@ def load_tagger(cfg: DictConfig) -> Tagger:
     ckpt = Path(cfg.ckpt_path).expanduser()
     if not ckpt.is_file():
         raise TagrankError(f"ckpt_path={str(ckpt)!r} does not exist; pass <run>/checkpoints/best.ckpt")
-    model_class = hydra.utils.get_class(checkpoint_class(ckpt))
+    model_class = hydra.utils.get_class(checkpoint.model_class(ckpt))
     model = model_class.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
     top_k = model.top_k if cfg.top_k is None else cfg.top_k
     check_value("top_k", top_k, PositiveInt)
@@ -82,17 +81,16 @@ def load_tagger(cfg: DictConfig) -> Tagger:
                            "scorer has one once validated in training (its threshold), the captioning Naive-RNN always "
                            "(its END tag)")
     tags, image_size = saved_inputs(ckpt, cfg)
-    if len(tags) != model.num_tags:
-        raise TagrankError(f"{ckpt}: the model predicts {model.num_tags} tags but its vocabulary has {len(tags)}")
+    checkpoint.check_vocabulary(ckpt, model.num_tags, tags, "its vocabulary", "retrain it or evaluate it on its own data")
     return Tagger(model, tags, image_size, ckpt)
 
 
 def saved_inputs(ckpt: Path, cfg: DictConfig) -> tuple[list[str], int]:
     """Tag names and image size: from the checkpoint, or for one written before tagrank kept them there,
     from its run's config (``<run>/.hydra/config.yaml``) and that run's dataset, which is then read."""
-    inputs = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get(INPUTS_KEY)
+    inputs = checkpoint.inputs(checkpoint.load(ckpt))
     if inputs:
-        return list(inputs["tags"]), int(inputs["image_size"])
+        return inputs
     run_cfg_path = ckpt.parent.parent / ".hydra" / "config.yaml"
     if not run_cfg_path.is_file():
         raise TagrankError(f"{ckpt} holds no tag names (written before tagrank kept them in checkpoints) and its "

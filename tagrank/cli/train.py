@@ -31,14 +31,15 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tagrank import CONF_DIR
+from tagrank import CONF_DIR, checkpoint
 from tagrank.cli import command
 from tagrank.config import USER_ERRORS, Seed, check_node, check_value, in_multirun, instantiate
 from tagrank.dashboard import check_wandb, log_config
 from tagrank.errors import TagrankError
 from tagrank.models.backbones import resolve_weights
+from tagrank.models.staged import finetunes
 from tagrank.pipeline import (attach_inputs, build_model, build_trainer, check_backbone, check_trained_with,
-                              checkpoint_class, keep_previous_csv, planned_steps, report, run_settings)
+                              keep_previous_csv, planned_steps, report, run_settings)
 from tagrank.quiet import quiet_resumed
 from tagrank.report.card import describe, log_summary, write_card
 
@@ -71,7 +72,7 @@ def train(cfg: DictConfig, command_log: Path | None = None) -> float | None:
         check_weights_fit(ckpt_path, model)
     check_val_check_interval(trainer, dm)
     planned = planned_steps(cfg, dm)
-    need_images = 0 < model.hparams.get("finetune_after_steps", 0) < planned
+    need_images = finetunes(model, planned)
     facts = describe(cfg, dm, model, planned)  # also says whether the backbone will be fine-tuned
     if trainer.is_global_zero:
         log_summary(out_dir, facts)
@@ -124,7 +125,7 @@ def resume_point(cfg: DictConfig) -> str | None:
         ckpt = Path(cfg.ckpt_path).expanduser().resolve()
         if not ckpt.is_file():
             raise TagrankError(f"ckpt_path={cfg.ckpt_path!r} does not exist; pass <run>/checkpoints/last.ckpt to resume")
-        written_by, wanted = checkpoint_class(ckpt), cfg.model._target_
+        written_by, wanted = checkpoint.model_class(ckpt), cfg.model._target_
         if written_by != wanted:
             raise TagrankError(f"ckpt_path={cfg.ckpt_path} was written by {written_by.rsplit('.', 1)[-1]}, not "
                                f"{wanted.rsplit('.', 1)[-1]}: resume with model={model_option(written_by)}")
@@ -158,7 +159,7 @@ def append_log(mine: Path, theirs: Path) -> None:
 
 def model_option(class_path: str) -> str:
     """The ``model=`` option (conf/model/<name>.yaml) that builds ``class_path``."""
-    for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
+    for path in sorted((Path(CONF_DIR) / "model").glob("[!_]*.yaml")):
         if OmegaConf.load(path).get("_target_") == class_path:
             return path.stem
     return f"<a config whose _target_ is {class_path}>"
@@ -177,7 +178,7 @@ def check_same_settings(ckpt: Path, cfg: DictConfig) -> None:
 def check_weights_fit(ckpt_path: str, model: L.LightningModule) -> None:
     """A checkpoint of the same class whose weights have other shapes (another ``model.hidden_size``,
     another vocabulary) would fail deep inside Lightning's restore: name the settings that differ."""
-    theirs = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    theirs = checkpoint.load(ckpt_path)
     mine = model.state_dict()
     misfits = [k for k, v in theirs["state_dict"].items() if k in mine and mine[k].shape != v.shape]
     if not misfits:

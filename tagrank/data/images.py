@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from tagrank import files
 from tagrank.data import cache
 from tagrank.data.sources.raw import IMAGE_ERRORS
 from tagrank.errors import TagrankError
@@ -123,7 +124,7 @@ def content_digest(paths: Sequence[Path], cache_dir: Path) -> str:
             raise TagrankError(f"{path}: cannot read image ({err.strerror})") from err
     try:
         cache.write_text(memo, h.hexdigest(), count=len(paths), unit="images")
-    except (cache.CannotWrite, OSError) as err:  # a read-only cache (shared, precomputed) still serves what it holds
+    except (files.CannotWrite, OSError) as err:  # a read-only cache (shared, precomputed) still serves what it holds
         log.info("could not keep the images' digest (%s); they are read again next time", err)
     return h.hexdigest()
 
@@ -176,7 +177,7 @@ def _exclusive(path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path.with_name(path.name + ".lock"), "w")
     except OSError as err:
-        if err.errno not in cache.FOLDER_FAULTS:
+        if err.errno not in files.FOLDER_FAULTS:
             raise
         # A read-only cache (shared, precomputed) still serves what it holds; nobody else can be building
         # it, and a build that is needed fails on its first write with one line naming the folder.

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tagrank.data import cache
-from tagrank.data.cache import atomic_write, atomic_write_text  # noqa: F401 (their home before cache.py)
 from tagrank.errors import TagrankError
 
 SPLITS = ("train", "val", "test")

@@ -21,11 +21,12 @@ from lightning import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
-from tagrank.callbacks import StagedFinetuning
+from tagrank.checkpoint import read_model, read_plateau, write_model, write_plateau
 from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, Relevance, SetMetrics
 from tagrank.models.backbones import backbone_input, backbone_output, build_backbone, top_output
+from tagrank.models.staged import StagedFinetuning, finetune_step
 
 class RankedTagger(LightningModule):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", top_k: PositiveInt = 10,
@@ -90,11 +91,10 @@ class RankedTagger(LightningModule):
 
     # -- shared machinery -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Lets ``tagrank-eval`` rebuild the right class from the checkpoint alone.
-        checkpoint["tagrank_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        write_model(checkpoint, self)  # eval, predict, export and resume rebuild the right class from it alone
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"].setdefault("backbone_finetuned", torch.tensor(False))  # older checkpoints
+        read_model(checkpoint)
 
     # backbone.finetune_blocks (set by tagrank.pipeline.build_model, checked by check_backbone): fine-tune
     # only the backbone's last N blocks and its head convolution, on the frozen trunk's outputs cached
@@ -320,17 +320,17 @@ class StagedTagger(RankedTagger):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.plateau is not None:
-            checkpoint["lr_plateau"] = self.plateau.state_dict()
+            write_plateau(checkpoint, self.plateau.state_dict())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        self._plateau_state = checkpoint.get("lr_plateau")
+        self._plateau_state = read_plateau(checkpoint)
 
     def configure_callbacks(self):
         # For fit only: a trainer.test after trainer.fit still holds the one fit added, which this would
         # replace (and Lightning would say so); testing needs no schedule.
-        if self.hparams.finetune_after_steps > 0 and self.trainer.state.fn == TrainerFn.FITTING:
-            return [StagedFinetuning(self.hparams.finetune_after_steps, self.hparams.finetune_lr,
+        if finetune_step(self) > 0 and self.trainer.state.fn == TrainerFn.FITTING:
+            return [StagedFinetuning(finetune_step(self), self.hparams.finetune_lr,
                                      self.hparams.finetune_weight_decay)]
         return []
 

@@ -3,8 +3,8 @@
 Nothing is learned by gradient: fitting counts how often each tag occurs in the training split (the
 ``counts`` buffer, saved in the checkpoint); one pass over the training loader logs the prior's loss,
 after which the run stops itself (:class:`~tagrank.models.base.SolvedTagger`). Ranking is by count, ties
-by tag id; the vocabulary is already ordered by training frequency, so the result equals the
-``frequency_prior`` block of every run's ``metrics.json``.
+by tag id (:func:`by_frequency`): the same prior that :func:`frequency_prior` scores beside every run's
+table, in the ``frequency_prior`` block of its ``metrics.json``.
 
 The logged loss is the cross-entropy of each image's ground-truth tags under the add-one-smoothed tag
 distribution (summed over the list, averaged over images): the score of a unigram "model".
@@ -15,8 +15,30 @@ from __future__ import annotations
 import torch
 
 from tagrank.config import PositiveInt
-from tagrank.metrics import Relevance
+from tagrank.metrics import RankingMetrics, Relevance
 from tagrank.models.base import SolvedTagger
+
+
+def training_counts(dm) -> torch.Tensor:
+    """How often each tag id occurs in the training split's lists [num_tags]."""
+    target = dm.targets[dm.rows("train")]
+    return torch.bincount(target[target >= 0], minlength=len(dm.vocab))
+
+
+def by_frequency(counts: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` most frequent tag ids, by count, ties by tag id [min(k, num_tags)]."""
+    # A key with no ties rather than a stable sort (which ONNX has no operator for).
+    key = counts * len(counts) - torch.arange(len(counts), device=counts.device)
+    return key.argsort(descending=True)[:k]
+
+
+def frequency_prior(dm, rows: list[int], k: int, relevance: Relevance = "linear") -> dict[str, float]:
+    """The floor any method must beat, scored beside every run's table: the training split's most
+    frequent tags, in order, for every image (scored on the manifest ``rows``)."""
+    metric = RankingMetrics(k, relevance, sync_on_compute=False)  # computed on one process (rank 0 under DDP)
+    prior = by_frequency(training_counts(dm), k).expand(len(rows), -1)
+    metric.update(prior, dm.targets[rows])
+    return {key: float(v) for key, v in metric.compute().items()}
 
 
 class FrequencyPrior(SolvedTagger):
@@ -27,8 +49,7 @@ class FrequencyPrior(SolvedTagger):
         self.register_buffer("counts", torch.zeros(num_tags, dtype=torch.long))
 
     def fit_training_split(self, dm) -> None:
-        target = dm.targets[dm.rows("train")]
-        self.counts.copy_(torch.bincount(target[target >= 0], minlength=self.num_tags))
+        self.counts.copy_(training_counts(dm))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["target"]
@@ -36,9 +57,7 @@ class FrequencyPrior(SolvedTagger):
         return -(log_p[target.clamp(min=0)] * (target >= 0)).sum() / len(target)
 
     def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        # Ties by tag id, by a key with no ties rather than a stable sort (which ONNX has no operator for).
-        key = self.counts * self.num_tags - torch.arange(self.num_tags, device=self.counts.device)
-        order = key.argsort(descending=True)[: self.top_k]
+        order = by_frequency(self.counts, self.top_k)
         return order.expand(batch["target"].shape[0], -1)  # shape[0]: traced as the batch size
 
     def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

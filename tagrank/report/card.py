@@ -18,9 +18,10 @@ from lightning import LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
 import tagrank
-from tagrank.data.cache import atomic_write_text
 from tagrank.data.datamodule import RankedTagDataModule
+from tagrank.files import atomic_write_text
 from tagrank.metrics import format_table
+from tagrank.models.staged import finetune_step
 
 log = logging.getLogger("tagrank")
 
@@ -54,8 +55,7 @@ def describe(cfg: DictConfig, dm: RankedTagDataModule, model: LightningModule, p
         "vocabulary": f"{dm.num_tags} tags (data.min_tag_count={dm.min_tag_count})",
         "backbone": f"{cfg.backbone.name} at {cfg.backbone.image_size} px",
         "method": f"{choice('model') or type(model).__name__} ({type(model).__name__}): {hparams}",
-        "schedule": schedule(planned, int(model.hparams.get("finetune_after_steps", 0)),
-                             getattr(model, "finetune_blocks", None)),
+        "schedule": schedule(planned, finetune_step(model), getattr(model, "finetune_blocks", None)),
         "seed": str(cfg.seed),
     }
 

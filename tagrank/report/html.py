@@ -22,8 +22,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from tagrank.data.records import atomic_write_text
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write_text
 from tagrank.report.figures import plot_curves
 from tagrank.report.methods import REFERENCE, label
 from tagrank.report.runs import checkpoint_run, image_paths

@@ -4,9 +4,9 @@ they sit beside those runs in W&B or TensorBoard."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
+from tagrank.dashboard import log_aggregate_run
 from tagrank.errors import TagrankError
 from tagrank.report.stats import Row
 from tagrank.report.tables import CSV_COLUMNS, CURVE_COLUMNS, curve_rows, table_rows
@@ -23,21 +23,14 @@ def log_aggregate(logger: str, out_dir: Path, rows: list[Row], data: str, figure
     files already written are the record; nothing more.
     """
     if logger == "wandb":
-        import wandb
-
-        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tagrank"), name=f"table1-{data}",
-                         job_type="aggregate", group=group or f"table1-{data}", dir=str(out_dir),
-                         mode=os.environ.get("WANDB_MODE", "offline"), config={"data": data})
-        try:
-            run.log({"table1": wandb.Table(columns=CSV_COLUMNS, data=table_rows(rows)),
-                     "curves": wandb.Table(columns=CURVE_COLUMNS, data=curve_rows(rows)),
-                     **{name: wandb.Image(str(path)) for name, path in figures.items()}})
-            for r in rows:
-                for key, value in (("ndcg_mean", r.ndcg), ("p_mean", r.p), ("ndcg_loo", r.ndcg_loo), ("p_loo", r.p_loo)):
-                    if value is not None and not math.isnan(value):  # the person has LOO columns only
-                        run.summary[f"{r.method}/{key}"] = value
-        finally:
-            wandb.finish()
+        summary = {}
+        for r in rows:
+            for key, value in (("ndcg_mean", r.ndcg), ("p_mean", r.p), ("ndcg_loo", r.ndcg_loo), ("p_loo", r.p_loo)):
+                if value is not None and not math.isnan(value):  # the person has LOO columns only
+                    summary[f"{r.method}/{key}"] = value
+        log_aggregate_run(out_dir, f"table1-{data}", group or f"table1-{data}", {"data": data},
+                          {"table1": (CSV_COLUMNS, table_rows(rows)), "curves": (CURVE_COLUMNS, curve_rows(rows))},
+                          figures, summary)
     elif logger == "tensorboard":
         from matplotlib.image import imread
         from torch.utils.tensorboard import SummaryWriter

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from tagrank import files
 from tagrank.data import cache
 from tagrank.data.records import MANIFEST, Record, write_manifest
 from tagrank.errors import TagrankError
@@ -71,9 +72,9 @@ def ensure_built(source: Source, cache_dir: Path) -> Path:
             if (target / MANIFEST).exists() or cache.check_path(target / MANIFEST).exists():
                 log.warning("dataset cache %s; rebuilding the dataset from its source", err)
     # A full or read-only cache folder is one line naming it (CannotWrite), with the half-built folder gone.
-    with cache.writing(target, cache.CACHE_HINT):
+    with files.writing(target, cache.CACHE_HINT):
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.make_temp_folder(cache_dir, target.name)
+        tmp = files.make_temp_folder(cache_dir, target.name)
         try:
             records = source.build(tmp)
             if not records:

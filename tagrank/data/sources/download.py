@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tagrank.data.cache import file_in_the_way
-from tagrank.data.records import atomic_write_text
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write_text, file_in_the_way
 
 log = logging.getLogger("tagrank")
 MARKER = ".tagrank-download.json"
