@@ -129,19 +129,23 @@ def test_the_table1_ablations_by_one_command(tmp_path, cli_env):
         (out / "ablation_set_vs_order.md").read_text()
 
 
-def test_ablations_reject_bad_arguments(tmp_path, cli_env):
-    for args, message in (([], "give sweep=<a Table 1 sweep directory>, or orders=true"),
-                          (["orders=true", "seeds=0"], "seeds=0 is out of range"),
-                          (["orders=maybe"], "orders='maybe'"),
-                          (["sweeep=x"], "sweeep"),  # a misspelt setting: Hydra's one line
-                          ([f"sweep={tmp_path}", "model=lstm"],
-                           "'model=lstm' is not a setting of the Table 1 ablations"),
-                          ([f"sweep={tmp_path / 'none'}"], "not a directory"),
-                          (["orders=true", f"aggregate={tmp_path}", "seeds=2", "trainer.max_epochs=1"],
-                           "aggregate= re-reads finished runs, so seeds=2 trainer.max_epochs=1 would change nothing; "
-                           "with aggregate= pass only results")):
-        proc = run_script(args, cli_env, tmp_path)
-        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
+SLOW = pytest.mark.slow  # each case starts the script (~5 s of imports): three stay in the fast suite
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give sweep=<a Table 1 sweep directory>, or orders=true"),
+    pytest.param(["orders=true", "seeds=0"], "seeds=0 is out of range", marks=SLOW),
+    pytest.param(["orders=maybe"], "orders='maybe'", marks=SLOW),
+    (["sweeep=x"], "sweeep"),  # a misspelt setting: Hydra's one line
+    pytest.param(["sweep={tmp}", "model=lstm"], "'model=lstm' is not a setting of the Table 1 ablations", marks=SLOW),
+    pytest.param(["sweep={tmp}/none"], "not a directory", marks=SLOW),
+    (["orders=true", "aggregate={tmp}", "seeds=2", "trainer.max_epochs=1"],
+     "aggregate= re-reads finished runs, so seeds=2 trainer.max_epochs=1 would change nothing; "
+     "with aggregate= pass only results"),
+])
+def test_ablations_reject_bad_arguments(args, message, tmp_path, cli_env):
+    proc = run_script([a.format(tmp=tmp_path) for a in args], cli_env, tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
 
 
 def test_the_order_ablation_trains_one_run_per_order(tmp_path, cli_env):
