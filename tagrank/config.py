@@ -29,7 +29,7 @@ import hydra
 from annotated_types import Ge, Gt, Interval
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException, OverrideParseException
+from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
@@ -218,6 +218,8 @@ def user_message(err: Exception) -> str:
             return (f"{err.override}: a value with letters outside ASCII must be quoted for Hydra: pass "
                     f"\"{key}='{value}'\" (the double quotes are for the shell)")
         return one_line(f"{err.override}: {err}")
+    if isinstance(err, MissingConfigException):  # Hydra lists the groups' shared pieces (model/_staged) as options
+        return one_line(re.sub(r"\n\t_[^\n]*", "", str(err)))
     if isinstance(err, CompactHydraException) and isinstance(cause, OmegaConfBaseException):
         return one_line(f"{err}\n{cause}")
     return one_line(str(err))
