@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tagrank.files import atomic_write_text
 from tagrank.report.methods import REFERENCE, label
 from tagrank.report.stats import PERSON, Row
 
@@ -131,7 +132,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([["" if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in row] for row in rows])
-    path.write_text(buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_table(rows: list[Row], out_dir: Path, data: str, reference: str = REFERENCE) -> str:
@@ -139,7 +140,7 @@ def write_table(rows: list[Row], out_dir: Path, data: str, reference: str = REFE
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = table_markdown(rows, data, reference)
-    (out_dir / "table1.md").write_text(md)
+    atomic_write_text(out_dir / "table1.md", md)
     _write_csv(out_dir / "table1.csv", CSV_COLUMNS, table_rows(rows))
     _write_csv(out_dir / "curves.csv", CURVE_COLUMNS, curve_rows(rows))
     return md
