@@ -153,7 +153,7 @@ def test_a_requeued_job_goes_on_from_its_checkpoint_to_the_metrics_of_an_uninter
 
     log = (sweep / ".submitit" / job / f"{job}_0_log.err").read_text()  # the three starts append to one log
     assert "saved " + str(hpc) in log and "requeued SLURM job " + job in log
-    assert f"Restoring states from the checkpoint path at {hpc}" in log  # the second start
+    assert f"SLURM job restarted: resuming from {hpc}" in log  # the second start (Lightning restores it)
     assert f"SLURM job restarted: resuming from {last}" in log  # the third
     assert metrics_of(run) == metrics_of(uninterrupted)
     assert (run / "predictions.jsonl").read_text() == (uninterrupted / "predictions.jsonl").read_text()

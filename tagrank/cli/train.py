@@ -138,12 +138,14 @@ def resume_point(cfg: DictConfig) -> str | None:
         return str(ckpt)
     run_dir = Path(cfg.paths.output_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if SLURMEnvironment.detect() and last.is_file():
+    if SLURMEnvironment.detect():
         hpc = max(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
-        if hpc is None or last.stat().st_mtime > hpc.stat().st_mtime:
+        if last.is_file() and (hpc is None or last.stat().st_mtime > hpc.stat().st_mtime):
             log.info("SLURM job restarted: resuming from %s", last)
             return str(last)
-    return None  # under SLURM with a newer hpc_ckpt_N.ckpt, Lightning resumes from it by itself
+        if hpc is not None:  # Lightning resumes from it by itself; its own "Restoring states" line is filtered
+            log.info("SLURM job restarted: resuming from %s", hpc)
+    return None
 
 
 def append_log(mine: Path, theirs: Path) -> None:
