@@ -10,7 +10,9 @@ override) the same one line and exit status 2.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import importlib.util
 import inspect
 import logging
 import operator
@@ -23,6 +25,7 @@ import traceback
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import hydra
@@ -164,18 +167,56 @@ def instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
 NOT_TRAINER_SETTINGS = ("self", "logger", "callbacks", "plugins")
 
 
+def trainer_arguments() -> dict[str, Any]:
+    """``lightning.Trainer``'s arguments and their defaults, but for :data:`NOT_TRAINER_SETTINGS`; a default
+    that is not a plain number, bool or string is None.
+
+    Read from Lightning's source (``ast``) rather than by importing it: importing Lightning (and torch)
+    takes seconds, and every command composes its config before it does any work, so a mistake on the
+    command line or ``--help`` would wait for it. tests/test_configs.py checks that this is what
+    ``inspect.signature(lightning.Trainer)`` gives. Where the source is not there to read (a Lightning
+    installed as bytecode only, or one that moved the file), Lightning is imported instead.
+    """
+    spec = importlib.util.find_spec("lightning")  # finds the package without importing it
+    source = Path(spec.origin).parent / "pytorch" / "trainer" / "trainer.py" if spec and spec.origin else None
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        init = next(f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "Trainer"
+                    for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    except (AttributeError, OSError, SyntaxError, StopIteration):
+        return imported_trainer_arguments()
+    args = init.args
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    pairs = [*zip(positional, defaults), *zip(args.kwonlyargs, args.kw_defaults)]
+    return {a.arg: plain_default(d) for a, d in pairs if a.arg not in NOT_TRAINER_SETTINGS}
+
+
+def plain_default(node: ast.expr | None) -> Any:
+    try:
+        value = ast.literal_eval(node) if node is not None else None
+    except (ValueError, TypeError, SyntaxError):  # an expression (a constant's name, a call)
+        return None
+    return value if isinstance(value, (bool, int, float, str)) else None
+
+
+def imported_trainer_arguments() -> dict[str, Any]:
+    """:func:`trainer_arguments` from the imported ``lightning.Trainer`` (seconds)."""
+    from lightning import Trainer
+
+    params = inspect.signature(Trainer.__init__).parameters.values()
+    return {p.name: p.default if isinstance(p.default, (bool, int, float, str)) else None
+            for p in params if p.name not in NOT_TRAINER_SETTINGS}
+
+
 def register_trainer_schema() -> None:
     """Every ``lightning.Trainer`` argument with Lightning's default, as the base of conf/trainer/default.yaml.
 
     So ``trainer.limit_val_batches=2`` needs no ``+``, a misspelt key is still an error, and the
-    arguments of a newer Lightning appear by themselves (they are read from its signature).
+    arguments of a newer Lightning appear by themselves (they are read from its source).
     """
-    from lightning import Trainer
-
-    params = [p for p in inspect.signature(Trainer.__init__).parameters.values() if p.name not in NOT_TRAINER_SETTINGS]
     fields = [("_target_", str, dataclasses.field(default="lightning.Trainer"))]
-    fields += [(p.name, Any, dataclasses.field(default=p.default if isinstance(p.default, (bool, int, float, str))
-                                               else None)) for p in params]
+    fields += [(name, Any, dataclasses.field(default=default)) for name, default in trainer_arguments().items()]
     schema = dataclasses.make_dataclass("TrainerSchema", fields)
     ConfigStore.instance().store(group="schema", name="trainer", node=schema)
 

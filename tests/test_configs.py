@@ -81,3 +81,14 @@ def test_the_staged_schedule_is_set_once_for_the_methods_that_use_it(model, tmp_
 
 def _plain(value):
     return list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else value
+
+
+def test_the_trainer_schema_read_from_lightning_s_source_is_its_signature():
+    """tagrank.config reads Trainer's arguments from Lightning's source so that composing a config (every
+    command does it first) does not import Lightning; what it reads is what the imported class says."""
+    from tagrank.config import NOT_TRAINER_SETTINGS, imported_trainer_arguments, trainer_arguments
+
+    read = trainer_arguments()
+    assert read == imported_trainer_arguments() and list(read) == list(imported_trainer_arguments())
+    assert len(read) > 30 and not set(NOT_TRAINER_SETTINGS) & set(read)
+    assert read["max_epochs"] is None and read["accelerator"] == "auto" and read["enable_progress_bar"] is None
