@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,6 +57,54 @@ def cli_env(tmp_path, cache_dir) -> dict[str, str]:
     env.update(TAGRANK_CACHE=str(cache_dir), TAGRANK_LOGS=str(tmp_path / "logs"), WANDB_MODE="offline",
                PYTHONUNBUFFERED="1")
     return env
+
+
+def run_command(main, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """A console script's ``main`` (``tagrank.cli.train.main``: its real Hydra entry, error handling and exit
+    status) run in this process with ``args`` as its command line in ``cwd``, answered as ``subprocess.run``
+    answers. For the cases that stop on a bad setting: each saves the seconds a new Python spends importing
+    torch and Lightning; every command keeps tests of its console script run for real. Hydra's global state,
+    the logging it configures, the environment, the working directory and the warning filters are put back."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    root, saved_env, saved_argv, saved_cwd = logging.getLogger(), dict(os.environ), sys.argv, os.getcwd()
+    saved_root = (root.handlers[:], root.level)
+    loggers = {name: (lg.handlers[:], lg.filters[:], lg.level, lg.propagate, lg.disabled)
+               for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = [f"tagrank-{main.__module__.rsplit('.', 1)[-1]}", *args]
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = argv
+    os.chdir(cwd)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            try:
+                main()
+                status = 0
+            except SystemExit as exit:
+                status = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        for handler in root.handlers:
+            if handler not in saved_root[0]:
+                handler.close()
+        root.handlers[:], root.level = saved_root
+        for name, (handlers, filters, level, propagate, disabled) in loggers.items():
+            lg = logging.getLogger(name)
+            lg.handlers[:], lg.filters[:], lg.level, lg.propagate, lg.disabled = handlers, filters, level, propagate, disabled
+    return subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue())
 
 
 COCO = SHARED_DATA / "coco-mini"

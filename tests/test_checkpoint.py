@@ -3,14 +3,12 @@ vocabulary a model is used with must be its own, names and order, not just as ma
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from .conftest import TINY, compose_cfg
+from .conftest import TINY, compose_cfg, run_command
 
 # The tiny run's data; data.seed=7 makes a vocabulary of the same 24 tags in another order.
 DATA = [o for o in TINY if o.startswith("data.")] + ["data.seed=1"]
@@ -63,10 +61,11 @@ def test_eval_refuses_another_vocabulary_of_the_same_size(tiny_run, tmp_path, cl
     """Issue 23, fault 1: as many tags, other names (another seed of the synthetic data) scored nothing
     but wrong; one line naming the first tags that differ, exit 2, nothing written."""
     run, cfg = tiny_run
-    proc = subprocess.run(
-        [sys.executable, "-m", "tagrank.cli.eval", f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={tmp_path}/eval",
-         f"paths.cache_dir={cfg.paths.cache_dir}", "data=synthetic", *DATA, "data.seed=7"],
-        capture_output=True, text=True, env=cli_env, timeout=600)
+    from tagrank.cli.eval import main
+
+    proc = run_command(main, [f"ckpt_path={run}/checkpoints/best.ckpt", f"hydra.run.dir={tmp_path}/eval",
+                              f"paths.cache_dir={cfg.paths.cache_dir}", "data=synthetic", *DATA, "data.seed=7"],
+                       cli_env, tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr

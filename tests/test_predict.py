@@ -14,9 +14,10 @@ import torch
 from omegaconf import OmegaConf
 
 from tagrank.errors import TagrankError
+from tagrank.cli.predict import main as predict_main
 from tagrank.cli.predict import predict
 
-from .conftest import COCO, compose_cfg, needs_shared, train_on_coco_mini
+from .conftest import COCO, compose_cfg, needs_shared, run_command, train_on_coco_mini
 
 TEST_PHOTOS = COCO / "val2017"  # coco-mini's test split
 
@@ -150,15 +151,20 @@ def test_bad_input_is_one_message_and_nothing_written(coco_run, tmp_path, cache_
 
 
 @needs_shared("coco-mini")
-def test_console_script_exits_2_with_one_line(coco_run, tmp_path, cli_env):
+@pytest.mark.parametrize("setting, message", [
+    ("top_k=1000", "tagrank: error: top_k=1000 is out of range"),
+    ("out=/proc/preds.jsonl", "tagrank: error: out='/proc/preds.jsonl': the folder /proc "),
+])
+def test_the_command_exits_2_with_one_line(setting, message, coco_run, tmp_path, cli_env):
+    """tagrank-predict's entry run in this process (its console script runs for real in the tests above and below)."""
     run, _ = coco_run
     out = tmp_path / "preds.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "tagrank.cli.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
-                           f"images={TEST_PHOTOS}", "top_k=1000", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, env=cli_env, timeout=300)
+    args = [f"ckpt_path={run}/checkpoints/best.ckpt", f"images={TEST_PHOTOS}", f"out={out}", setting,
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = run_command(predict_main, args, cli_env, tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("tagrank: error: top_k=1000 is out of range")
-    assert "Traceback" not in proc.stderr and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in proc.stderr and "photos tagged" not in proc.stdout and not out.exists()
 
 
 @needs_shared("coco-mini")
@@ -234,12 +240,3 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(where, tmp_pat
     assert not list(tmp_path.glob("**/.preds.jsonl.*"))
 
 
-@needs_shared("coco-mini")
-def test_console_script_refuses_an_unwritable_out_with_one_line(coco_run, tmp_path, cli_env):
-    run, _ = coco_run
-    proc = subprocess.run([sys.executable, "-m", "tagrank.cli.predict", f"ckpt_path={run}/checkpoints/best.ckpt",
-                           f"images={TEST_PHOTOS}", "out=/proc/preds.jsonl", f"hydra.run.dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, env=cli_env, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("tagrank: error: out='/proc/preds.jsonl': the folder /proc ")
-    assert "Traceback" not in proc.stderr and "photos tagged" not in proc.stdout

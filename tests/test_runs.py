@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import json
 import subprocess
+import sys
 
 import lightning
 import pytest
@@ -17,9 +18,11 @@ from hydra.errors import ConfigCompositionException
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics
 from tagrank.pipeline import build_data
+from tagrank.cli.predict import main as predict_main
+from tagrank.cli.train import main as train_main
 from tagrank.cli.train import train
 
-from .conftest import TINY, compose_cfg
+from .conftest import TINY, compose_cfg, run_command
 
 # TINY trains 6 steps an epoch (96 images, batch 16) for 2 epochs.
 
@@ -86,8 +89,7 @@ def test_resuming_with_other_model_settings_stops_at_once_and_leaves_the_run_unt
     train(compose_cfg(TINY + first + ["trainer.max_epochs=1"], run, cache_dir))
     before = _tree(run)
     last = run / "checkpoints/last.ckpt"
-    proc = subprocess.run(["tagrank-train", *TINY, "model=naive_rnn", f"ckpt_path={last}"], capture_output=True,
-                          text=True, env=cli_env, cwd=tmp_path, timeout=600)
+    proc = run_command(train_main, [*TINY, "model=naive_rnn", f"ckpt_path={last}"], cli_env, tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (f"tagrank: error: ckpt_path={last} was written by LSTMTagger, "
                                                    "not NaiveRNN: resume with model=lstm")
@@ -195,6 +197,29 @@ def test_a_setting_left_at_its_required_marker_is_named(tmp_path, cli_env):
                                                                             "pass ckpt_path=...")
 
 
+# A command line with a mistake, run by a new Python: what it answers, and which of the slow imports it made.
+ANSWERED_BEFORE_IMPORTING = """
+import sys
+from tagrank.cli.{command} import main
+sys.argv = ["tagrank-{command}", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as stop:
+    print(stop.code, sorted(m for m in ("torch", "lightning", "wandb") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command, args", [("train", ["trainer.max_stesp=5"]), ("train", ["seed=-1"]),
+                                           ("eval", ["ckpt_path=/nowhere/best.ckpt"]), ("data", ["data=nosuch"])])
+def test_a_mistake_on_the_command_line_is_answered_before_torch_and_lightning_are_imported(command, args, tmp_path,
+                                                                                          cli_env):
+    """They take seconds to import, which every process of a command paid before it read its command line."""
+    proc = subprocess.run([sys.executable, "-c", ANSWERED_BEFORE_IMPORTING.format(command=command), *args],
+                          capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=300)
+    assert proc.stdout.strip() == "2 []", (proc.stdout, proc.stderr[-2000:])
+    assert proc.stderr.startswith("tagrank: error: ") and "Traceback" not in proc.stderr
+
+
 def test_an_unquoted_value_with_letters_outside_ascii_says_to_quote_it(tmp_path, cli_env):
     """Hydra's lexer refuses ü or 写 in an unquoted value (LexerNoViableAltException and a caret): one line
     that gives the quoted override to type, exit 2; and the quoted override it gives composes."""
@@ -203,8 +228,7 @@ def test_an_unquoted_value_with_letters_outside_ascii_says_to_quote_it(tmp_path,
     from tagrank import CONF_DIR
 
     name = "img/ünïcödé_写真.jpg"
-    proc = subprocess.run(["tagrank-predict", "ckpt_path=x.ckpt", f"images={name}"], capture_output=True, text=True,
-                          env=cli_env, cwd=tmp_path, timeout=300)
+    proc = run_command(predict_main, ["ckpt_path=x.ckpt", f"images={name}"], cli_env, tmp_path)
     quoted = f"images='{name}'"
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
         f"tagrank: error: images={name}: a value with letters outside ASCII must be quoted for Hydra: pass "

@@ -27,9 +27,10 @@ from omegaconf import OmegaConf
 
 from tagrank import CONF_DIR
 from tagrank.errors import TagrankError
+from tagrank.cli.train import main as train_main
 from tagrank.cli.train import train
 
-from .conftest import TINY, compose_cfg
+from .conftest import TINY, compose_cfg, run_command
 from .wandb_records import offline_runs, read_offline_run
 
 # A small LSTM on the tiny synthetic set: every run below takes seconds of training.
@@ -253,8 +254,9 @@ def test_diverged_run_stops_with_a_clear_message_and_keeps_the_last_good_checkpo
 
 
 def test_ddp_in_a_local_multirun_is_refused_with_a_clear_message(cli_env, tmp_path):
-    proc = run_cli(["-m", *SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                    "trainer.precision=32-true", "seed=1"], cli_env, tmp_path)
+    """tagrank-train's entry in this process: the refusal comes before any training."""
+    proc = run_command(train_main, ["-m", *SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                    "trainer.precision=32-true", "seed=1"], own_wandb(cli_env), tmp_path)
     assert proc.returncode != 0
     assert "trainer=ddp starts its extra processes by re-running the command" in proc.stdout + proc.stderr
 

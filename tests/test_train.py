@@ -12,9 +12,10 @@ import torch
 from tagrank.errors import TagrankError
 from tagrank.cli.eval import evaluate
 from tagrank.models.lstm import LSTMTagger
+from tagrank.cli.train import main as train_main
 from tagrank.cli.train import train
 
-from .conftest import TINY, compose_cfg
+from .conftest import TINY, compose_cfg, run_command
 
 
 def _train(tmp_path, cache_dir, *overrides):
@@ -163,11 +164,20 @@ def test_resume_from_last_checkpoint(tmp_path, cache_dir, caplog):
     (["trainer.max_stesp=5"], "trainer.max_stesp is not a setting of trainer; expected one of ['accelerator', "),
 ])
 def test_bad_input_is_one_clear_message(args, message, cli_env, tmp_path):
-    proc = subprocess.run(["tagrank-train", *args], capture_output=True, text=True, env=cli_env, timeout=600,
-                          cwd=tmp_path)
+    """tagrank-train's entry in this process (a new Python would spend seconds importing torch first)."""
+    proc = run_command(train_main, args, cli_env, tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("tagrank: error: ")
     assert message in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_console_script_says_bad_input_in_one_line_and_exits_2(cli_env, tmp_path):
+    proc = subprocess.run(["tagrank-train", "trainer.max_stesp=5"], capture_output=True, text=True, env=cli_env,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("tagrank: error: trainer.max_stesp is not a setting of "
+                                                           "trainer; expected one of ['accelerator', ")
     assert "Traceback" not in proc.stderr
 
 

@@ -1,13 +1,11 @@
 """A folder that cannot take a file (full, read-only) is one line naming it and what to set, and leaves
-nothing half-written: caches, checkpoints, and the real console script. Full and read-only file systems
-are real ones (a small tmpfs, a read-only bind mount: see conftest), since root ignores chmod."""
+nothing half-written: caches, checkpoints, and tagrank-train's real entry (run in this process). Full and
+read-only file systems are real ones (a small tmpfs, a read-only bind mount: see conftest), since root
+ignores chmod."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +14,10 @@ from tagrank import files
 from tagrank.data import cache
 from tagrank.data.sources.base import ensure_built
 from tagrank.data.synthetic import SyntheticSource
+from tagrank.cli.train import main as train_main
 from tagrank.pipeline import AtomicCheckpointIO
 
-from .conftest import TINY
+from .conftest import TINY, run_command
 
 
 def test_a_cache_file_too_big_for_the_disk_names_the_folder_and_tagrank_cache(small_disk):
@@ -66,8 +65,7 @@ def test_a_dataset_built_onto_a_full_disk_leaves_no_half_built_folder(small_disk
 def test_train_with_a_read_only_cache_exits_2_with_one_line(read_only_folder, tmp_path):
     env = {**os.environ, "TAGRANK_CACHE": str(read_only_folder), "TAGRANK_LOGS": str(tmp_path / "logs"),
            "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "tagrank-train"), *TINY], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_command(train_main, TINY, env, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"tagrank: error: cannot write {read_only_folder}/"), last

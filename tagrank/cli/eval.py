@@ -15,14 +15,11 @@ import logging
 from pathlib import Path
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tagrank import checkpoint
 from tagrank.cli import command
 from tagrank.config import Seed, check_value, instantiate
 from tagrank.errors import TagrankError
-from tagrank.pipeline import attach_inputs, build_trainer, check_backbone, check_trained_with, report, run_settings
 
 log = logging.getLogger("tagrank")
 
@@ -36,6 +33,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not ckpt.is_file():
         there = "is a folder" if ckpt.is_dir() else "does not exist"
         raise TagrankError(f"ckpt_path={str(ckpt)!r} {there}; pass <run>/checkpoints/best.ckpt")
+    # torch and Lightning (seconds to import) once the command line has passed its checks
+    import lightning as L
+
+    from tagrank import checkpoint
+    from tagrank.pipeline import attach_inputs, build_trainer, check_backbone, check_trained_with, report, run_settings
+
     model_class = hydra.utils.get_class(checkpoint.model_class(ckpt))  # a file that is no checkpoint: said first
     run_cfg_path = ckpt.parent.parent / ".hydra" / "config.yaml"
     with open_dict(cfg):

@@ -22,26 +22,22 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tagrank import CONF_DIR, checkpoint
+from tagrank import CONF_DIR
 from tagrank.cli import command
 from tagrank.config import USER_ERRORS, Seed, check_node, check_value, in_multirun, instantiate
-from tagrank.dashboard import check_wandb, log_config
 from tagrank.errors import TagrankError
-from tagrank.models.backbones import resolve_weights
-from tagrank.models.staged import finetunes
-from tagrank.pipeline import (attach_inputs, build_model, build_trainer, check_backbone, check_trained_with,
-                              keep_previous_csv, planned_steps, report, run_settings)
 from tagrank.quiet import quiet_resumed
-from tagrank.report.card import describe, log_summary, write_card
+
+if TYPE_CHECKING:
+    import lightning as L
+
+# torch, Lightning and what builds on them (seconds to import) are imported inside the functions that use
+# them: a mistake on the command line, --help or a launcher=slurm sweep's submission is answered without them.
 
 log = logging.getLogger("tagrank")
 
@@ -53,6 +49,16 @@ def train(cfg: DictConfig, command_log: Path | None = None) -> float | None:
     # dataset build. Nothing is written into a run directory being resumed before these pass.
     check_value("seed", cfg.seed, Seed)
     check_value("test", cfg.get("test"), bool)
+    import lightning as L
+    import torch
+
+    from tagrank.dashboard import check_wandb, log_config
+    from tagrank.models.backbones import resolve_weights
+    from tagrank.models.staged import finetunes
+    from tagrank.pipeline import attach_inputs, build_model, build_trainer, check_backbone, keep_previous_csv, \
+        planned_steps, report
+    from tagrank.report.card import describe, log_summary, write_card
+
     check_wandb(cfg)
     ckpt_path = resume_point(cfg)
     if ckpt_path:
@@ -121,6 +127,10 @@ def resume_point(cfg: DictConfig) -> str | None:
     resumes by itself from the newer of the preemption checkpoint ``<run>/hpc_ckpt_N.ckpt``
     (which Lightning picks up when ckpt_path is None) and ``<run>/checkpoints/last.ckpt``.
     """
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from tagrank import checkpoint
+
     if cfg.get("ckpt_path"):
         ckpt = Path(cfg.ckpt_path).expanduser().resolve()
         if not ckpt.is_file():
@@ -172,6 +182,8 @@ def check_same_settings(ckpt: Path, cfg: DictConfig) -> None:
     (the model's hyperparameters and ``run_settings``) against this command's. Hydra composes a resume
     command from scratch, so a setting the first command overrode and this one leaves out would fall back
     to its default without a word (and Adam's restored state would quietly keep the old learning rate)."""
+    from tagrank.pipeline import check_trained_with, run_settings
+
     model = OmegaConf.to_container(cfg.model, resolve=True)
     here = {f"model.{k}": v for k, v in model.items() if k != "_target_"} | run_settings(cfg)
     check_trained_with(ckpt, here, cfg.ckpt_path, "resume with the settings it was trained with")
@@ -180,6 +192,8 @@ def check_same_settings(ckpt: Path, cfg: DictConfig) -> None:
 def check_weights_fit(ckpt_path: str, model: L.LightningModule) -> None:
     """A checkpoint of the same class whose weights have other shapes (another ``model.hidden_size``,
     another vocabulary) would fail deep inside Lightning's restore: name the settings that differ."""
+    from tagrank import checkpoint
+
     theirs = checkpoint.load(ckpt_path)
     mine = model.state_dict()
     misfits = [k for k, v in theirs["state_dict"].items() if k in mine and mine[k].shape != v.shape]
@@ -228,6 +242,8 @@ def validate_if_never_validated(trainer: L.Trainer, model: L.LightningModule, dm
         log.info("validation is off (trainer.limit_val_batches=0): no checkpoint is selected, the final weights "
                  "are tested")
         return
+    import torch
+
     model.final_validation = True  # still part of training: the scorer chooses its stop threshold on it
     try:
         trainer.validate(model, datamodule=dm, verbose=False, weights_only=True)
@@ -247,6 +263,8 @@ def validate_if_never_validated(trainer: L.Trainer, model: L.LightningModule, dm
 @contextmanager
 def extraction_device(cfg: DictConfig, model: L.LightningModule):
     """Compute the backbone features on the GPU when the run trains on one (they are cached either way)."""
+    import torch
+
     gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     if gpu:  # each DDP process on its own GPU (Lightning has not set the device yet)
         model.backbone.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}")
@@ -278,6 +296,8 @@ def refuse_launcher_without_multirun() -> None:
 def refuse_ddp_relaunch_in_multirun(trainer: L.Trainer) -> None:
     """DDP on one machine re-runs the command line once per extra process; in a multirun that would
     re-run the whole sweep. Under SLURM (``launcher=slurm``) the processes are SLURM tasks instead."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
     launcher = getattr(trainer.strategy, "launcher", None)
     # Lightning keeps this launcher under SLURM too, where it starts nothing (SLURM has started every process).
     if (in_multirun() and isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
@@ -334,6 +354,11 @@ def reporting_nothing_once_slurm_stops_the_job() -> Iterator[None]:
     with ConnectionResetError, which Hydra would record as the run's error and submitit as the job's result, so
     that the sweep would end without the requeued job. Once SLURM has sent SIGTERM, the run ends with SystemExit
     (exit status 143), which neither records: the requeued job reports instead, from its checkpoint."""
+    if "SLURM_JOB_ID" not in os.environ:  # not in a SLURM job: nothing to ask Lightning (seconds to import)
+        yield
+        return
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
     if not SLURMEnvironment.detect():
         yield
         return
