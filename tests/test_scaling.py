@@ -253,6 +253,24 @@ def test_diverged_run_stops_with_a_clear_message_and_keeps_the_last_good_checkpo
     assert not (run / "metrics.json").exists()
 
 
+def test_the_evaluation_loss_is_the_mean_over_images_whatever_the_batches():
+    """Batches of 3 and 1 images: the loss logged is the mean of the four images' losses (what DDP's sum states
+    reduce exactly), not the mean of the two batch means (what torchmetrics' MeanMetric(nan_strategy="disable")
+    gave when handed weight=: it drops weights; the DDP tests found it)."""
+    from tagrank.models.lstm import LSTMTagger
+
+    torch.manual_seed(0)
+    model = LSTMTagger(6, top_k=3).eval()
+    features = torch.randn(4, model.feature_dim)
+    target = torch.tensor([[0, 1, -1], [2, -1, -1], [3, 4, 5], [1, -1, -1]])
+    with torch.no_grad():
+        each = [float(model.loss({"features": features[i:i + 1], "target": target[i:i + 1]})) for i in range(4)]
+        for rows in (slice(0, 3), slice(3, 4)):
+            model._evaluate({"features": features[rows], "target": target[rows]}, "val", model.val_metrics)
+    assert float(model.val_loss.compute()) == pytest.approx(sum(each) / 4, rel=1e-6)
+    assert abs(sum(each) / 4 - (sum(each[:3]) / 3 + each[3]) / 2) > 1e-3  # the two means differ here
+
+
 def test_ddp_in_a_local_multirun_is_refused_with_a_clear_message(cli_env, tmp_path):
     """tagrank-train's entry in this process: the refusal comes before any training."""
     proc = run_command(train_main, ["-m", *SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",

@@ -178,7 +178,11 @@ class RankedTagger(LightningModule):
         preds = self.rank(batch)
         metrics.update(preds, batch["target"])
         if (batch["target"] >= 0).any():
-            (self.val_loss if stage == "val" else self.test_loss).update(self.loss(batch), weight=len(batch["target"]))
+            # The batch's mean loss once per image: MeanMetric(nan_strategy="disable") drops a weight= argument
+            # (torchmetrics 1.x sets every weight to 1 there), which made the loss a mean of batch means, unequal
+            # under DDP (tests/test_scaling.py and test_slurm.py's DDP tests found it).
+            loss = self.loss(batch).detach()
+            (self.val_loss if stage == "val" else self.test_loss).update(loss.expand(len(batch["target"])))
         return preds
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
