@@ -31,12 +31,15 @@ class BatchInputs(Callback):
 
 class StepDelay(Callback):
     """Sleeps after every training step: a tiny run lasts long enough for a test to signal or requeue its
-    SLURM job mid-training. Changes no result (it touches neither the weights nor a random state)."""
+    SLURM job mid-training. Changes no result (it touches neither the weights nor a random state).
+    ``until_requeued``: only until SLURM first starts the job again (``SLURM_RESTART_COUNT`` > 0)."""
 
-    def __init__(self, seconds: float = 0.5) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float = 0.5, until_requeued: bool = False) -> None:
+        self.seconds, self.until_requeued = seconds, until_requeued
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        import os
         import time
 
-        time.sleep(self.seconds)
+        if not (self.until_requeued and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0):
+            time.sleep(self.seconds)
