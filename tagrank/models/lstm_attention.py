@@ -3,8 +3,8 @@
 The paper's LSTM (:mod:`tagrank.models.lstm`) reads one pooled vector at every step, so each tag it names
 comes from the same evidence. People name what is large and central first, then look elsewhere: here
 each step chooses where to look. The last feature map, pooled to ``grid`` x ``grid`` cells (the float16
-cache that ``model=label_query`` reads), is projected cell by cell to ``proj_dim``; at step t additive
-attention conditioned on the hidden state h_{t-1},
+cache that ``model=label_query`` reads), is projected cell by cell to ``proj_dim`` (plus a learned
+position per cell); at step t additive attention conditioned on the hidden state h_{t-1},
 
     e_ti = w^T tanh(W_a a_i + W_h h_{t-1}),   alpha_t = softmax_i(e_t),   z_t = sum_i alpha_ti a_i,
 
@@ -45,6 +45,9 @@ class LSTMAttention(StagedTagger):
         channels = self.backbone.map_dim
         self.proj = nn.Linear(channels, proj_dim)  # W_I, b_I: the paper's image vector v
         self.cell_proj = nn.Linear(channels, proj_dim)  # a_i: what a step can attend to
+        # A learned position per cell (as model=label_query's): attention over content alone cannot
+        # prefer the centre of the photo, which is where people look first.
+        self.position = nn.Parameter(torch.randn(grid * grid, proj_dim) * 0.02)
         self.att_cells = nn.Linear(proj_dim, attention_dim, bias=False)  # W_a
         self.att_hidden = nn.Linear(hidden_size, attention_dim)  # W_h (and the attention's bias)
         self.att_score = nn.Linear(attention_dim, 1, bias=False)  # w
@@ -58,7 +61,7 @@ class LSTMAttention(StagedTagger):
         with torch.autocast(fmap.device.type, enabled=False):  # a small recurrence: float32 under autocast too
             cells = fmap.float().flatten(2).transpose(1, 2)  # [B, g*g, C]
             p = self.drop.p
-            a = dropout(self.cell_proj(cells), p, self.training)  # one mask for all steps, as the image is one
+            a = dropout(self.cell_proj(cells) + self.position, p, self.training)  # one mask for all steps, as the image is one
             keys = self.att_cells(a)  # W_a a_i: the same at every step
             v = dropout(self.proj(cells.mean(1)), p, self.training) if self.hparams.pooled_input else None
             h = c = a.new_zeros(a.shape[0], self.cell.hidden_size)
