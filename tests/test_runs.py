@@ -162,7 +162,7 @@ def test_a_validation_interval_longer_than_an_epoch_is_refused_before_the_featur
     ("trainer.max_stesp=5", "trainer.max_stesp is not a setting of trainer; expected one of ['accelerator', "),
     ("callbacks.early_stoping.patience=2", "callbacks.early_stoping is not a setting of callbacks; expected one of "
                                            "['model_checkpoint', 'early_stopping'"),
-    ("model=lsmt", "In 'train': Could not find 'model/lsmt'; Available options in 'model': frequency; label_query; lstm; lstm_tuned; naive_rnn"),
+    ("model=lsmt", "In 'train': Could not find 'model/lsmt'; Available options in 'model': frequency; label_query; lstm; lstm_attention; lstm_tuned; naive_rnn"),
     ("trainer.max_steps=[5", "trainer.max_steps=[5: "),
 ])
 def test_hydra_errors_are_one_line_naming_what_there_is(override, message, tmp_path):

@@ -267,7 +267,7 @@ def test_recurrent_runs_are_shared_between_concurrent_jobs():
     (["seeds=0"], "seeds='0': expected a positive whole number"),
     (["methods=frequency,svm"], "reference=lstm (the method of the paired difference column) is not among "
                                 "methods=frequency,svm: add it, or pass reference=frequency"),
-    (["methods=lstm,nosuch"], "methods=lstm,nosuch: expected a comma-separated list of frequency, label_query, lstm, lstm_tuned, "
+    (["methods=lstm,nosuch"], "methods=lstm,nosuch: expected a comma-separated list of frequency, label_query, lstm, lstm_attention, lstm_tuned, "
                               "naive_rnn, naive_rnn_captioning, scorer, scorer_tuned, svm, svm_rank"),
     (["aggregate=/x", "seeds=5", "trainer.max_epochs=2", "reference=svm"],
      "aggregate= re-reads finished runs, so seeds=5 sweep_dir={sweep} trainer.max_epochs=2 would change nothing; "

@@ -19,7 +19,7 @@ PAPER = {
 LABELS = {"frequency": "Frequency prior", "svm": "SVM", "svm_rank": "SVM-rank",
           "naive_rnn_captioning": "Naive-RNN (captioning)", "naive_rnn": "Naive-RNN + masking",
           "lstm": "Ours (LSTM)", "lstm_tuned": "Ours (LSTM), tuned", "scorer": "Listwise scorer (new)",
-          "scorer_tuned": "Listwise scorer, tuned"}
+          "scorer_tuned": "Listwise scorer, tuned", "lstm_attention": "Ours (LSTM) + attention over the map"}
 ORDER = list(LABELS)  # the paper's row order, the floor first
 REFERENCE = "lstm"  # the method the others are compared with, image by image
 
