@@ -80,7 +80,8 @@ def ensure_built(source: Source, cache_dir: Path) -> Path:
             if not records:
                 raise TagrankError(f"data source {source.name!r} produced no records (check data.root and its contents)")
             write_manifest(records, tmp / MANIFEST)
-            (tmp / "source.json").write_text(json.dumps({"source": type(source).__name__, **asdict(source)}, indent=1, default=str))
+            files.atomic_write_text(tmp / "source.json",
+                                    json.dumps({"source": type(source).__name__, **asdict(source)}, indent=1, default=str))
             if verified(target):
                 return target  # another process (a SLURM array, parallel trials) finished the same build first
             if target.exists():  # damaged, or half-built by an older version: set aside, never reused
