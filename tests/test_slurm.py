@@ -237,7 +237,7 @@ def test_table1_runs_as_slurm_jobs_and_aggregates_them(slurm_env, tmp_path):
     import sys
 
     proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), "quick=true", "seeds=2",
-                           "methods=lstm,svm,frequency", f"results={tmp_path / 'results'}", f"sweep_dir={tmp_path / 'sweep'}",
+                           "methods=[lstm,svm,frequency]", f"results={tmp_path / 'results'}", f"sweep_dir={tmp_path / 'sweep'}",
                            *ON_THIS_NODE, *TINY],
                           capture_output=True, text=True, env=slurm_env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
