@@ -72,7 +72,7 @@ DETERMINISTIC = ("svm", "svm_rank", "frequency")
 SCHEDULES = {"synthetic": "synthetic_finetune", "flickr8k": "flickr8k_finetune"}  # finetune=auto, per data
 
 # Quick mode: a small synthetic set at 64 px and short schedules; a smoke run of the whole pipeline.
-QUICK = ["data.n_train=1000", "data.n_val=200", "data.n_test=400", "data.image_size=64", "backbone.image_size=64",
+QUICK = ["data.n_train=1000", "data.n_val=200", "data.n_test=400", "data.render_size=64", "backbone.image_size=64",
          "trainer.max_epochs=8"]
 
 
@@ -176,7 +176,9 @@ def made_quick(found: list) -> bool:
 
     def overrides(run) -> set[str]:
         path = run.path / ".hydra" / "overrides.yaml"
-        return set(map(str, OmegaConf.load(path))) if path.is_file() else set()
+        given = map(str, OmegaConf.load(path)) if path.is_file() else []
+        # a sweep made before data.image_size was renamed data.render_size (issue 25) says the old name
+        return {o.replace("data.image_size=", "data.render_size=", 1) for o in given}
 
     return all(set(QUICK) <= overrides(run) for run in found)
 
