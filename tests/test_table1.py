@@ -370,6 +370,10 @@ def test_a_quick_table_never_lands_on_the_reference_results(tmp_path):
     for run in runs.load_runs(sweep):
         OmegaConf.save(OmegaConf.create([*table1.QUICK, f"seed={run.seed}"]), run.path / ".hydra/overrides.yaml")
     assert table1.made_quick(runs.load_runs(sweep))
+    for run in runs.load_runs(sweep):  # made before data.image_size was renamed data.render_size: still quick
+        given = [o.replace("data.render_size=", "data.image_size=") for o in table1.QUICK]
+        OmegaConf.save(OmegaConf.create([*given, f"seed={run.seed}"]), run.path / ".hydra/overrides.yaml")
+    assert "data.image_size=64" in given and table1.made_quick(runs.load_runs(sweep))
     assert table1.table_dir(plan(f"aggregate={sweep}"), runs.load_runs(sweep)) == Path("results/quick/pascal07")
     assert table1.table_dir(plan(f"aggregate={sweep}", "results=/r"), runs.load_runs(sweep)) == \
         Path("/r/pascal07")  # a folder the user names is theirs
