@@ -40,9 +40,9 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
