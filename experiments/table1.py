@@ -3,34 +3,31 @@
     python experiments/table1.py data=synthetic seeds=3          # make table1
     python experiments/table1.py quick=true                       # make table1-quick: minutes on 2 CPU cores
     python experiments/table1.py data=pascal07 data.root=/path/VOC2007 logger=wandb
+    python experiments/table1.py methods=[lstm,svm] seeds=1       # a list is Hydra's [a,b]
     python experiments/table1.py aggregate=logs/table1/synthetic/<time>   # re-aggregate finished runs
 
 1. Runs every method x seed as Hydra multiruns of the real ``tagrank-train``
    (``tagrank-train -m model=svm,svm_rank,frequency seed=0 data=<data> hydra.sweep.dir=<sweep>/frozen``);
    then the methods that fine-tune (lstm, naive_rnn, naive_rnn_captioning, scorer) with their staged
    schedule (``finetune``, below), as ``jobs`` multiruns at once into ``<sweep>/finetuned-<N>``, as in
-   the paper: the SVMs are trained on the frozen CNN's features, the RNNs fine-tune it. Any other ``key=value`` argument
-   (``trainer.max_epochs=5``, ``data.root=...``) is passed to every run.
+   the paper: the SVMs are trained on the frozen CNN's features, the RNNs fine-tune it. Every
+   tagrank-train setting given (``data=``, ``logger=``, ``experiment=``, ``launcher=``,
+   ``trainer.max_epochs=5``, ``data.root=...``, ``hydra.launcher.partition=gpu``) goes to every run.
 2. Aggregates the run directories (``tagrank.report``) into ``<results>/<data>/``: ``table1.md``,
    ``table1.csv``, ``curves.csv``, ``fig3.png`` (NDCG@k and P@k against k) and ``fig4.png`` (test
    images with the ground truth, the LSTM's and the SVM's lists), ``report.html`` (every test photo
    with every method's list, sortable by NDCG and by the difference between two methods), and logs
    them to an "aggregate" run of the chosen logger (wandb: offline unless WANDB_MODE=online).
 
-Settings (key=value): data (synthetic), seeds (3: the deterministic svm, svm_rank and frequency run once),
-methods (lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,scorer,frequency),
-quick (false), logger (csv | tensorboard | wandb), results (results; quick, or aggregate= of a quick sweep: results/quick), sweep_dir (default
-``$TAGRANK_LOGS/table1/<data>/<time>``; an existing one gains the new runs beside its own), aggregate (a finished sweep directory: skip step 1;
-with it only logger, results, reference and quick apply, anything else is refused),
-finetune (the fine-tuning methods' schedule as an experiment name; ``auto``: ``synthetic_finetune`` on
-data=synthetic, ``flickr8k_finetune`` on data=flickr8k, none in quick mode, otherwise the model config's own ``finetune_after_steps`` (the
-paper's 7500) with the passed trainer settings; ``none``: frozen backbone for every method), jobs
-(how many fine-tuning multiruns run at once, the CPU threads shared between them; ``auto``: 2 on
-a machine with 2 or more CPUs), reference (lstm: the method of the table's paired difference column).
+Settings: ``tagrank/conf/table1.yaml`` (``train.yaml`` and methods, seeds, quick, results, sweep_dir,
+aggregate, finetune, jobs, reference, each explained there), composed by Hydra as tagrank's commands are,
+so a misspelt setting is refused before anything runs. The data, logger and launcher are the composed
+config's choices (``data=``, ``logger=``, ``launcher=``, or an ``experiment=`` that picks them).
 
 On a SLURM cluster (from its login node), add ``launcher=slurm`` and the cluster's settings: every run is a SLURM job,
-the frozen methods' multirun first (it builds the caches), then all fine-tuning runs as one job array (``jobs``
-does not apply); the table is aggregated here once they have finished:
+the frozen methods' multirun first (it builds the caches), then all fine-tuning runs as one job array, ``jobs``
+of them at a time (``hydra.launcher.array_parallelism``; ``jobs=auto`` keeps the launcher's own); the table is
+aggregated here once they have finished:
 
     python experiments/table1.py data=pascal07 launcher=slurm hydra.launcher.partition=gpu logger=wandb
 """
@@ -45,18 +42,28 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from tagrank import config_options
+from tagrank.cli import command
+from tagrank.config import PositiveInt, check_value, user_error_exit
 from tagrank.errors import TagrankError
 
 log = logging.getLogger("tagrank")
 
-SETTINGS = {"data": "synthetic", "seeds": "3", "methods": "lstm,svm,svm_rank,naive_rnn,naive_rnn_captioning,scorer,frequency", "quick": "false",
-            "logger": "csv", "results": "", "sweep_dir": "", "aggregate": "", "finetune": "auto", "jobs": "auto",
-            "reference": "lstm"}
+# This script's settings (tagrank/conf/table1.yaml); every other one given is tagrank-train's and goes to the runs.
+SETTINGS = ("methods", "seeds", "quick", "results", "sweep_dir", "aggregate", "finetune", "jobs", "reference")
+# Chosen here for each run (model=<methods>, seed=<0..seeds-1>, hydra.sweep.dir=<sweep>/<group>): the way to
+# set them is the setting beside each.
+MADE_HERE = {"model": "methods=[...]", "seed": "seeds=<how many>", "hydra.sweep.dir": "sweep_dir=<folder>"}
+# Hydra's bookkeeping of this process, not a setting for the runs.
+NOT_PASSED = ("hydra.mode", "hydra.run.")
 FINETUNED = ("lstm", "lstm_tuned", "naive_rnn", "naive_rnn_captioning", "scorer", "scorer_tuned")  # fine-tune the backbone
 # Fitted by one deterministic solve on the cached features: every seed gives the same run
 # (tests/test_baselines.py checks it), so one run (seed 0) stands for all; an SVM-rank run with its C
@@ -65,7 +72,7 @@ DETERMINISTIC = ("svm", "svm_rank", "frequency")
 SCHEDULES = {"synthetic": "synthetic_finetune", "flickr8k": "flickr8k_finetune"}  # finetune=auto, per data
 
 # Quick mode: a small synthetic set at 64 px and short schedules; a smoke run of the whole pipeline.
-QUICK = ["data.n_train=1000", "data.n_val=200", "data.n_test=400", "data.image_size=64", "backbone.image_size=64",
+QUICK = ["data.n_train=1000", "data.n_val=200", "data.n_test=400", "data.render_size=64", "backbone.image_size=64",
          "trainer.max_epochs=8"]
 
 
@@ -73,34 +80,79 @@ QUICK = ["data.n_train=1000", "data.n_val=200", "data.n_test=400", "data.image_s
 AGGREGATE_SETTINGS = ("aggregate", "logger", "results", "reference", "quick")
 
 
-def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    settings, passthrough, given = dict(SETTINGS), [], []
+@dataclass
+class Plan:
+    """What one table1 command does: its settings checked, and the composed config's choices it reads."""
+
+    data: str                  # the data config chosen (data=, or an experiment= that picks it)
+    logger: str                # the logger config chosen (csv, tensorboard, wandb)
+    methods: list[str]
+    seeds: int
+    quick: bool
+    results: str | None
+    sweep_dir: str | None
+    aggregate: str | None
+    finetune: str
+    jobs: int | None           # None: auto (this machine's CPUs; on SLURM, the launcher's array_parallelism)
+    reference: str
+    slurm: bool                # the composed launcher submits to SLURM
+    experiment: str | None     # an experiment config the user chose: it goes to every run
+    passthrough: list[str] = field(default_factory=list)  # tagrank-train settings given, as written
+
+
+def comma_list(argv: list[str]) -> str | None:
+    """The one line for ``methods=a,b`` (the hand-parsed form before Hydra), which Hydra would call an
+    ambiguous sweep in three lines: say the list form it takes now."""
     for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise TagrankError(f"{arg!r}: arguments are key=value (settings: {', '.join(SETTINGS)})")
-        if key in SETTINGS:
-            settings[key] = value
-            given.append(arg)
-        else:
-            passthrough.append(arg)
-    if settings["aggregate"]:
-        refuse_unused_with_aggregate(given + passthrough, AGGREGATE_SETTINGS)
-    if settings["quick"].lower() not in ("true", "false"):
-        raise TagrankError(f"quick={settings['quick']!r}: expected true or false")
-    job_count(settings["jobs"])
-    if settings["quick"].lower() == "true" and settings["data"] != "synthetic":
-        raise TagrankError("quick=true shrinks the synthetic data; it does not apply to data=" + settings["data"])
-    if not settings["seeds"].isdigit() or int(settings["seeds"]) < 1:
-        raise TagrankError(f"seeds={settings['seeds']!r}: expected a positive whole number")
-    methods = [m for m in settings["methods"].split(",") if m]
+        key, _, value = arg.partition("=")
+        if key == "methods" and "," in value and not value.lstrip().startswith("["):
+            return f"{arg}: a list is written methods=[{value.strip(chr(39) + chr(34))}] (Hydra's list form)"
+    return None
+
+
+def method_list(value: object) -> list[str]:
+    """``methods``: a list of model config names, or one name (``methods=lstm``)."""
+    if isinstance(value, str) and "," in value:
+        raise TagrankError(comma_list([f"methods={value}"]) or "")
+    methods = [str(m) for m in (value if isinstance(value, (list, ListConfig)) else [value]) if m]
     known = config_options("model")
-    if not settings["aggregate"] and (not methods or set(methods) - set(known)):
-        raise TagrankError(f"methods={settings['methods']}: expected a comma-separated list of {', '.join(known)}")
-    if not settings["aggregate"] and settings["reference"] not in methods:  # said now, not after the runs
-        raise TagrankError(f"reference={settings['reference']} (the method of the paired difference column) is not "
-                           f"among methods={settings['methods']}: add it, or pass reference={methods[0] if methods else '...'}")
-    return settings, passthrough
+    if not methods or set(methods) - set(known):
+        raise TagrankError(f"methods={value if isinstance(value, str) else '[' + ','.join(methods) + ']'}: expected "
+                           f"a list of {', '.join(known)} (methods=[lstm,svm])")
+    return methods
+
+
+def parse(cfg: DictConfig, hydra: DictConfig) -> Plan:
+    """The settings checked against each other before any run; ``hydra`` is the composed Hydra config
+    (``HydraConfig.get()``), whose choices and launcher say what data, logger and launcher the runs get."""
+    typed = [*hydra.overrides.task, *(a for a in hydra.overrides.hydra if not a.startswith(NOT_PASSED))]
+    passthrough = [a for a in typed if a.partition("=")[0].lstrip("+~") not in SETTINGS]
+    choices = hydra.runtime.choices
+    if cfg.aggregate:
+        refuse_unused_with_aggregate(typed, AGGREGATE_SETTINGS)
+    for arg in passthrough:
+        key = arg.partition("=")[0].lstrip("+~")
+        if key in MADE_HERE:
+            raise TagrankError(f"{arg}: table1 sets {key} for each run; pass {MADE_HERE[key]}")
+    check_value("quick", cfg.quick, bool)
+    check_value("seeds", cfg.seeds, PositiveInt)
+    jobs = job_count(cfg.jobs)
+    data = str(choices["data"])
+    if cfg.quick and data != "synthetic":
+        raise TagrankError("quick=true shrinks the synthetic data; it does not apply to data=" + data)
+    methods = method_list(cfg.methods) if not cfg.aggregate else []
+    if not cfg.aggregate and cfg.reference not in methods:  # said now, not after the runs
+        raise TagrankError(f"reference={cfg.reference} (the method of the paired difference column) is not among "
+                           f"methods=[{','.join(methods)}]: add it, or pass reference={methods[0]}")
+    experiment = choices.get("experiment")
+    if experiment and cfg.finetune not in ("auto", "none"):
+        raise TagrankError(f"finetune={cfg.finetune} and experiment={experiment} both choose an experiment config "
+                           "for the fine-tuning runs: pass one of them")
+    target = str(OmegaConf.select(hydra, "launcher._target_", default="") or "")
+    return Plan(data=data, logger=str(choices["logger"]), methods=methods, seeds=cfg.seeds, quick=cfg.quick,
+                results=cfg.results, sweep_dir=cfg.sweep_dir, aggregate=cfg.aggregate, finetune=str(cfg.finetune),
+                jobs=jobs, reference=str(cfg.reference), slurm=target.endswith("SlurmLauncher"),
+                experiment=experiment, passthrough=[a for a in passthrough if a.partition("=")[0] not in ("data", "logger")])
 
 
 def refuse_unused_with_aggregate(arguments: list[str], allowed: tuple[str, ...]) -> None:
@@ -111,32 +163,33 @@ def refuse_unused_with_aggregate(arguments: list[str], allowed: tuple[str, ...])
                            f"with aggregate= pass only {', '.join(k for k in allowed if k != 'aggregate')}")
 
 
-def results_dir(settings: dict[str, str], data: str) -> Path:
+def results_dir(plan: Plan, data: str) -> Path:
     """Where the table goes: ``<results>/<data>``. A quick run's default is ``results/quick``: its smoke
     numbers never overwrite the committed reference results in ``results/synthetic``."""
-    default = "results/quick" if settings["quick"].lower() == "true" else "results"
-    return Path(settings["results"] or default) / data
+    default = "results/quick" if plan.quick else "results"
+    return Path(plan.results or default) / data
 
 
 def made_quick(found: list) -> bool:
     """Whether every run of a sweep was made by ``quick=true`` (its smoke overrides are in each run's
     ``.hydra/overrides.yaml``): ``aggregate=`` of such a sweep then writes to ``results/quick`` too."""
-    from omegaconf import OmegaConf
 
     def overrides(run) -> set[str]:
         path = run.path / ".hydra" / "overrides.yaml"
-        return set(map(str, OmegaConf.load(path))) if path.is_file() else set()
+        given = map(str, OmegaConf.load(path)) if path.is_file() else []
+        # a sweep made before data.image_size was renamed data.render_size (issue 25) says the old name
+        return {o.replace("data.image_size=", "data.render_size=", 1) for o in given}
 
     return all(set(QUICK) <= overrides(run) for run in found)
 
 
-def table_dir(settings: dict[str, str], found: list) -> Path:
+def table_dir(plan: Plan, found: list) -> Path:
     """``results_dir`` of the sweep's data; for ``aggregate=`` of a sweep that ``quick=true`` made, the
     quick one, whatever ``quick`` says now."""
-    if settings["aggregate"] and settings["quick"].lower() != "true" and made_quick(found):
-        log.info("%s was made by quick=true: its table goes where quick=true puts it", settings["aggregate"])
-        settings = {**settings, "quick": "true"}
-    return results_dir(settings, found[0].data)
+    if plan.aggregate and not plan.quick and made_quick(found):
+        log.info("%s was made by quick=true: its table goes where quick=true puts it", plan.aggregate)
+        plan = replace(plan, quick=True)
+    return results_dir(plan, found[0].data)
 
 
 def wandb_group(data: str, sweep_dir: Path) -> str:
@@ -144,22 +197,24 @@ def wandb_group(data: str, sweep_dir: Path) -> str:
     return f"table1-{data}-{Path(sweep_dir).name}"
 
 
-def rnn_overrides(settings: dict[str, str]) -> list[str]:
-    """The fine-tuning methods' schedule: an experiment config, or their model config's own."""
-    choice = settings["finetune"]
+def rnn_overrides(plan: Plan) -> list[str]:
+    """The fine-tuning methods' schedule: an experiment config, or their model config's own (or that of the
+    ``experiment=`` the user chose, which goes to every run)."""
+    choice = plan.finetune
     if choice == "auto":
-        choice = "" if settings["quick"].lower() == "true" else SCHEDULES.get(settings["data"], "")
+        choice = "" if plan.quick or plan.experiment else SCHEDULES.get(plan.data, "")
     if choice == "none":
         return ["model.finetune_after_steps=0"]
     return [f"experiment={choice}"] if choice else []
 
 
-def job_count(value: str) -> int:
+def job_count(value: object) -> int | None:
+    """``jobs``: a positive whole number, or ``auto`` (None: decided where the runs go, see :func:`launch`)."""
     if value == "auto":
-        return min(2, os.cpu_count() or 1)
-    if not value.isdigit() or int(value) < 1:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise TagrankError(f"jobs={value!r}: expected a positive whole number or auto")
-    return int(value)
+    return value
 
 
 def split_runs(methods: list[str], seeds: list[int], jobs: int) -> list[list[tuple[str, list[int]]]]:
@@ -177,7 +232,18 @@ def split_runs(methods: list[str], seeds: list[int], jobs: int) -> list[list[tup
     return shares
 
 
-def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) -> None:
+def slurm_parallelism(plan: Plan) -> list[str]:
+    """On SLURM, ``jobs=N`` is how many fine-tuning jobs of the array run at once (the launcher's
+    ``array_parallelism``); ``jobs=auto`` keeps the launcher's own. Both given would be two answers."""
+    given = [a for a in plan.passthrough if a.partition("=")[0] == "hydra.launcher.array_parallelism"]
+    if plan.jobs is None:
+        return []
+    if given:
+        raise TagrankError(f"jobs={plan.jobs} and {given[0]} both say how many fine-tuning jobs run at once: pass one")
+    return [f"hydra.launcher.array_parallelism={plan.jobs}"]
+
+
+def launch(plan: Plan, sweep_dir: Path) -> None:
     """The methods x seeds as Hydra multiruns of tagrank-train: first the methods on frozen features (one
     multirun, which also builds the dataset and feature caches), then the fine-tuning methods
     in ``jobs`` multiruns at once, each with its share of the CPU threads.
@@ -187,14 +253,12 @@ def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) ->
     after another with two threads each; and on a loaded machine two threads that wait for each
     other lose several times over. ``jobs=1`` runs them one after another."""
     train = train_executable()
-    quick = settings["quick"].lower() == "true"
-    seeds = list(range(int(settings["seeds"])))
-    methods = [m for m in settings["methods"].split(",") if m]
-    frozen = [m for m in methods if m not in FINETUNED]
-    common = [f"data={settings['data']}", f"logger={settings['logger']}", "trainer.enable_progress_bar=false"]
-    if settings["logger"] == "wandb":
-        common.append(f"logger.wandb.group={wandb_group(settings['data'], sweep_dir)}")
-    after = (QUICK if quick else []) + passthrough
+    seeds = list(range(plan.seeds))
+    frozen = [m for m in plan.methods if m not in FINETUNED]
+    common = [f"data={plan.data}", f"logger={plan.logger}", "trainer.enable_progress_bar=false"]
+    if plan.logger == "wandb":
+        common.append(f"logger.wandb.group={wandb_group(plan.data, sweep_dir)}")
+    after = (QUICK if plan.quick else []) + plan.passthrough
 
     def command(members: list[str], run_seeds: list[int], folder: str, extra: list[str]) -> list[str]:
         return [train, "-m", f"model={','.join(members)}", f"seed={','.join(map(str, run_seeds))}", *common,
@@ -206,17 +270,17 @@ def launch(settings: dict[str, str], passthrough: list[str], sweep_dir: Path) ->
     groups += [command(others, seeds, next(names), [])] if others else []
     if groups:
         run_all("frozen", [groups], sweep_dir, threads=None)
-    tuned = [m for m in methods if m in FINETUNED]
-    if tuned and "launcher=slurm" in passthrough:
+    tuned = [m for m in plan.methods if m in FINETUNED]
+    if tuned and plan.slurm:
         # SLURM schedules the jobs and gives each its CPUs: every fine-tuning run in one multirun (one job array,
-        # hydra.launcher.array_parallelism at a time), and no thread share from this machine's CPUs.
-        run_all("finetuned", [[command(tuned, seeds, next(unused(sweep_dir, "finetuned")), rnn_overrides(settings))]],
+        # jobs= of them at a time), and no thread share from this machine's CPUs.
+        folder = next(unused(sweep_dir, "finetuned"))
+        run_all("finetuned", [[command(tuned, seeds, folder, rnn_overrides(plan) + slurm_parallelism(plan))]],
                 sweep_dir, threads=None)
     elif tuned:
-        jobs = job_count(settings["jobs"])
-        shares = split_runs(tuned, seeds, jobs)
+        shares = split_runs(tuned, seeds, plan.jobs or min(2, os.cpu_count() or 1))
         names = unused(sweep_dir, "finetuned")
-        commands = [[command([m], s, next(names), rnn_overrides(settings)) for m, s in share] for share in shares]
+        commands = [[command([m], s, next(names), rnn_overrides(plan)) for m, s in share] for share in shares]
         run_all("finetuned", commands, sweep_dir, threads=max(1, (os.cpu_count() or 1) // len(shares)))
 
 
@@ -294,28 +358,36 @@ def report(sweep_dir: Path, out_dir: Path, logger: str, reference: str = "lstm")
     return md
 
 
-def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        settings, passthrough = parse(argv)
-        if settings["aggregate"]:
-            sweep_dir = Path(settings["aggregate"])
-        else:
-            stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-            default = Path(os.environ.get("TAGRANK_LOGS", "logs")) / "table1" / settings["data"] / stamp
-            sweep_dir = Path(settings["sweep_dir"] or default).resolve()
-            launch(settings, passthrough, sweep_dir)
-        from tagrank.report.runs import load_runs
+def table1(cfg: DictConfig) -> None:
+    """Run the sweep (unless ``aggregate=``), then write the table, figures and report."""
+    plan = parse(cfg, HydraConfig.get())
+    if plan.aggregate:
+        sweep_dir = Path(plan.aggregate)
+    else:
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        default = Path(os.environ.get("TAGRANK_LOGS", "logs")) / "table1" / plan.data / stamp
+        sweep_dir = Path(plan.sweep_dir or default).resolve()
+        if plan.slurm:
+            slurm_parallelism(plan)  # a conflict said now, not after the frozen runs
+        launch(plan, sweep_dir)
+    from tagrank.report.runs import load_runs  # imports torch: after the arguments are checked
 
-        out_dir = table_dir(settings, load_runs(sweep_dir))
-        md = report(sweep_dir, out_dir, settings["logger"], settings["reference"])
-    except TagrankError as err:
-        print(f"table1: error: {err}", file=sys.stderr)
-        return 2
+    out_dir = table_dir(plan, load_runs(sweep_dir))
+    md = report(sweep_dir, out_dir, plan.logger, plan.reference)
     print(md)
     print(f"written: {out_dir}/table1.md, table1.csv, curves.csv, fig3.png, fig4.png, report.html (runs: {sweep_dir})")
-    return 0
+
+
+hydra_main = command("table1", table1)
+
+
+def main() -> None:
+    """The Hydra entry, after one check Hydra cannot make: the comma list of the hand-parsed days."""
+    message = comma_list(sys.argv[1:])
+    if message:
+        user_error_exit(TagrankError(message))
+    hydra_main()
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()

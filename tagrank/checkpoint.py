@@ -34,6 +34,9 @@ INPUTS_KEY = "tagrank_inputs"
 SETTINGS_KEY = "tagrank_settings"
 PLATEAU_KEY = "lr_plateau"
 FINETUNED_KEY = "backbone_finetuned"  # in state_dict (RankedTagger's buffer)
+# Settings renamed since checkpoints first kept them (old name -> new): an older checkpoint's settings are read
+# under the new name, so resuming it compares like with like (data.image_size became data.render_size, issue 25).
+RENAMED_SETTINGS = {"data.image_size": "data.render_size"}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -86,6 +89,9 @@ def trained_with(saved: dict) -> dict[str, Any]:
     and ``seed`` of :class:`RunSettings` (absent from a checkpoint written before they were kept)."""
     there = {f"model.{k}": v for k, v in (saved.get("hyper_parameters") or {}).items()}
     there.update(saved.get(SETTINGS_KEY) or {})
+    for old, new in RENAMED_SETTINGS.items():
+        if there.get(old) is not None and new not in there:  # written before the rename
+            there[new] = there.pop(old)
     return there
 
 

@@ -124,17 +124,68 @@ def test_synthetic_settings_added_later_keep_old_caches():
 
 
 def test_synthetic_dataset_is_deterministic_and_cached(tmp_path):
-    src = SyntheticSource(n_train=6, n_val=2, n_test=2, image_size=48, seed=5)
+    src = SyntheticSource(n_train=6, n_val=2, n_test=2, render_size=48, seed=5)
     a = ensure_built(src, tmp_path / "c1")
-    b = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, image_size=48, seed=5), tmp_path / "c2")
+    b = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, render_size=48, seed=5), tmp_path / "c2")
     assert (a / MANIFEST).read_text() == (b / MANIFEST).read_text()
     assert (a / "images/000003.jpg").read_bytes() == (b / "images/000003.jpg").read_bytes()
     stamp = (a / MANIFEST).stat().st_mtime_ns
     assert ensure_built(src, tmp_path / "c1") == a and (a / MANIFEST).stat().st_mtime_ns == stamp
-    other = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, image_size=48, seed=6), tmp_path / "c1")
+    other = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, render_size=48, seed=6), tmp_path / "c1")
     assert other != a and (other / MANIFEST).read_text() != (a / MANIFEST).read_text()
     splits = [json.loads(line)["split"] for line in (a / MANIFEST).read_text().splitlines()]
     assert splits.count("train") == 6 and splits.count("val") == 2 and splits.count("test") == 2
+
+
+def test_data_image_size_is_now_render_size_and_old_caches_are_still_found(tmp_path, caplog):
+    """data.image_size (the size scenes are drawn at) became data.render_size (issue 25): backbone.image_size is
+    the other size. The old name is read with one warning, and the cache key names the setting as it always
+    did, so a dataset built under the old name is the same folder, found, not built again."""
+    keys = {"synthetic-e55b7cdd6d9b": {}, "synthetic-38627b799cb4": dict(n_train=96, n_val=32, n_test=48, render_size=64),
+            "synthetic-6873c37b951b": dict(render_size=64, class_zipf=0.7)}  # the keys of datasets built before
+    for key, settings in keys.items():
+        assert SyntheticSource(**settings).cache_key() == key
+    old = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, image_size=48, seed=5), tmp_path)
+    assert "data.image_size=48 is the old name of data.render_size" in caplog.text
+    stamp = (old / MANIFEST).stat().st_mtime_ns
+    new = SyntheticSource(n_train=6, n_val=2, n_test=2, render_size=48, seed=5)
+    assert ensure_built(new, tmp_path) == old and (old / MANIFEST).stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [old.name]
+    with pytest.raises(TagrankError, match=r"^data.image_size=48 \(the old name of data.render_size\) and "
+                                           r"data.render_size=64 disagree: pass data.render_size alone$"):
+        SyntheticSource(image_size=48, render_size=64)
+    assert SyntheticSource(image_size=64, render_size=64).render_size == 64
+
+
+def test_an_old_run_config_and_checkpoint_with_data_image_size_still_load(tmp_path, caplog):
+    """A run saved before the rename: its .hydra/config.yaml's data node says image_size (tagrank-eval builds
+    the data from it), and its checkpoint's settings say data.image_size (a resume compares them)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from tagrank import checkpoint
+    from tagrank.config import instantiate
+    from tagrank.pipeline import check_trained_with, run_settings
+
+    from .conftest import compose_cfg
+
+    cfg = compose_cfg(["data.n_train=8", "data.n_val=3", "data.n_test=3", "data.render_size=32"], tmp_path, tmp_path)
+    node = OmegaConf.to_container(cfg.data, resolve=True)  # resolved: here without the run config it refers to
+    node["image_size"] = node.pop("render_size")  # as the old config wrote it
+    old = OmegaConf.create({"data": node})
+    dm = instantiate(old.data, "data")
+    assert dm.source.render_size == 32 and dm.source.image_size is None and "read as data.render_size=32" in caplog.text
+    assert dm.name == instantiate(cfg.data, "data").name  # the same dataset, the same cache folder
+    # the command line's old name: the real config takes it and reads it as render_size
+    given = compose_cfg(["data.n_train=8", "data.n_val=3", "data.n_test=3", "data.image_size=32"], tmp_path, tmp_path)
+    assert instantiate(given.data, "data").name == dm.name
+    ckpt = tmp_path / "old.ckpt"
+    torch.save({checkpoint.SETTINGS_KEY: {"seed": 0, "data.image_size": 32, "data.n_train": 8}}, ckpt)
+    assert checkpoint.trained_with(checkpoint.load(ckpt)) == {"seed": 0, "data.render_size": 32, "data.n_train": 8}
+    check_trained_with(ckpt, run_settings(cfg), "old.ckpt", "resume it")  # the same settings: no refusal
+    other = compose_cfg(["data.n_train=8", "data.n_val=3", "data.n_test=3", "data.render_size=64"], tmp_path, tmp_path)
+    with pytest.raises(TagrankError, match=r"data.render_size=32 there, 64 here.*data.render_size=32$"):
+        check_trained_with(ckpt, run_settings(other), "old.ckpt", "resume it")
 
 
 @dataclass
@@ -161,7 +212,7 @@ def test_a_failed_build_leaves_nothing(tmp_path):
 
 
 def _module(tmp_path, **kw) -> RankedTagDataModule:
-    args = dict(n_train=8, n_val=3, n_test=3, image_size=32, seed=0) | kw
+    args = dict(n_train=8, n_val=3, n_test=3, render_size=32, seed=0) | kw
     return RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), **args)
 
 
@@ -176,7 +227,7 @@ def test_datamodule_bad_settings_are_clear(tmp_path):
         _module(tmp_path, n_val=0)
     with pytest.raises(TagrankError, match="min_tag_count=1000"):
         RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), min_tag_count=1000,
-                            n_train=8, n_val=3, n_test=3, image_size=32).setup()
+                            n_train=8, n_val=3, n_test=3, render_size=32).setup()
 
 
 def test_datamodule_batches_and_unreadable_image(tmp_path):
@@ -253,7 +304,7 @@ def test_a_built_dataset_folder_has_the_mode_mkdir_gives(tmp_path):
     # Built in a temporary folder and renamed: not mkdtemp's owner-only 0700 (caches are often shared).
     old = os.umask(0o022)
     try:
-        built = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, image_size=32), tmp_path)
+        built = ensure_built(SyntheticSource(n_train=6, n_val=2, n_test=2, render_size=32), tmp_path)
     finally:
         os.umask(old)
     assert stat.S_IMODE(built.stat().st_mode) == 0o755

@@ -45,9 +45,9 @@ EXEMPT = {
     "make table1": "every method x 3 seeds (about an hour on 2 cores); tests/test_table1.py runs the pipeline small",
     "make table1 DATA=flickr8k ARGS=\"data.root=../shared/data/flickr8k\"": "hours on 2 cores, as make table1",
     "make table1 DATA=pascal07 ARGS=\"data.root=... data.tags=...\"": "needs the VOC 2007 devkit; hours",
-    "python experiments/table1.py data=synthetic seeds=3 methods=lstm,svm,svm_rank,naive_rnn,frequency":
+    "python experiments/table1.py data=synthetic seeds=3 methods=[lstm,svm,svm_rank,naive_rnn,frequency]":
         "half of make table1 (29 minutes)",
-    "python experiments/table1.py data=synthetic seeds=3 methods=naive_rnn_captioning,scorer "
+    "python experiments/table1.py data=synthetic seeds=3 methods=[naive_rnn_captioning,scorer] "
     "sweep_dir=<the same sweep>": "the other half (30 minutes)",
     "python experiments/ablations.py orders=true data=flickr8k data.root=../shared/data/flickr8k seeds=1":
         "four Flickr8k runs; tests/test_ablations.py runs the order ablation small",

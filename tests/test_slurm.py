@@ -284,18 +284,20 @@ def test_ddp_as_two_slurm_tasks_gives_the_metrics_of_one_process(slurm_env, tmp_
 @pytest.mark.slow
 def test_table1_runs_as_slurm_jobs_and_aggregates_them(slurm_env, tmp_path):
     """experiments/table1.py with launcher=slurm: the frozen methods' multirun, then the fine-tuning one, each as
-    SLURM jobs; the table is aggregated from their run folders."""
+    SLURM jobs (jobs=1: one of the fine-tuning array at a time); the table is aggregated from their run folders."""
     import csv
     import sys
 
     proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), "quick=true", "seeds=2",
-                           "methods=lstm,svm,frequency", f"results={tmp_path / 'results'}", f"sweep_dir={tmp_path / 'sweep'}",
+                           "methods=[lstm,svm,frequency]", "jobs=1", f"results={tmp_path / 'results'}", f"sweep_dir={tmp_path / 'sweep'}",
                            *ON_THIS_NODE, *TINY],
                           capture_output=True, text=True, env=slurm_env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     for group in ("frozen", "finetuned-1"):
         logs = list((tmp_path / "sweep" / group / ".submitit").glob("*/*_log.err"))
         assert logs and all("Job completed successfully" in p.read_text() for p in logs), group
+    scripts = list((tmp_path / "sweep/finetuned-1/.submitit").rglob("*_submission.sh"))
+    assert scripts and all("#SBATCH --array=0-1%1" in p.read_text() for p in scripts)  # jobs=1: one at a time
     table = {r["method"]: r for r in csv.DictReader((tmp_path / "results/synthetic/table1.csv").open())}
     assert set(table) == {"lstm", "svm", "frequency"}
     assert table["lstm"]["seeds"] == "2"

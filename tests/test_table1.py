@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tagrank import CONF_DIR
 from tagrank.report import figures, loggers, runs, stats, tables
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics
@@ -232,75 +234,148 @@ def test_figures_and_the_wandb_table(tmp_path, monkeypatch):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_recurrent_methods_get_their_finetuning_schedule():
+def table1_module():
     sys.path.insert(0, str(ROOT / "experiments"))
     try:
         import table1
     finally:
         sys.path.pop(0)
-    settings = dict(table1.SETTINGS)
-    assert table1.rnn_overrides(settings) == ["experiment=synthetic_finetune"]
-    assert table1.rnn_overrides({**settings, "quick": "true"}) == []
-    assert table1.rnn_overrides({**settings, "data": "pascal07"}) == []  # the model config's own 7500 steps
-    assert table1.rnn_overrides({**settings, "finetune": "none"}) == ["model.finetune_after_steps=0"]
-    assert table1.rnn_overrides({**settings, "finetune": "paper_pascal07"}) == ["experiment=paper_pascal07"]
+    return table1
+
+
+def plan(*overrides: str):
+    """table1's settings as the script reads them: tagrank/conf/table1.yaml composed by Hydra with ``overrides``."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="table1", overrides=list(overrides), return_hydra_config=True)
+    return table1_module().parse(cfg, cfg.hydra)
+
+
+def test_recurrent_methods_get_their_finetuning_schedule():
+    table1 = table1_module()
+    assert table1.rnn_overrides(plan()) == ["experiment=synthetic_finetune"]
+    assert table1.rnn_overrides(plan("data=flickr8k")) == ["experiment=flickr8k_finetune"]
+    assert table1.rnn_overrides(plan("quick=true")) == []
+    assert table1.rnn_overrides(plan("data=pascal07")) == []  # the model config's own 7500 steps
+    assert table1.rnn_overrides(plan("finetune=none")) == ["model.finetune_after_steps=0"]
+    assert table1.rnn_overrides(plan("finetune=paper_pascal07")) == ["experiment=paper_pascal07"]
+    # experiment= goes to every run with its own schedule (and picks the data: the composed config's choice)
+    chosen = plan("experiment=paper_pascal07", "trainer.max_epochs=3")
+    assert table1.rnn_overrides(chosen) == [] and chosen.data == "pascal07"
+    assert chosen.passthrough == ["experiment=paper_pascal07", "trainer.max_epochs=3"]
+
+
+def test_settings_are_read_from_the_composed_config():
+    table1 = table1_module()
+    given = plan("methods=[scorer,svm]", "reference=svm", "seeds=2", "logger=wandb", "data.noise=0.3",
+                 "launcher=local", "hydra.launcher.timeout_min=5")
+    assert given.methods == ["scorer", "svm"] and given.seeds == 2 and given.logger == "wandb" and not given.slurm
+    # data= and logger= are set apart (every run gets them first); Hydra's own settings go to the runs too
+    assert given.passthrough == ["data.noise=0.3", "launcher=local", "hydra.launcher.timeout_min=5"]
+    assert plan("methods=lstm").methods == ["lstm"]
+    assert plan().methods == ["lstm", "svm", "svm_rank", "naive_rnn", "naive_rnn_captioning", "scorer", "frequency"]
+    # SLURM is the composed launcher, however it was chosen
+    assert plan("launcher=slurm").slurm and not plan("launcher=local").slurm
+    assert plan("hydra/launcher=submitit_slurm").slurm
+    assert table1.comma_list(["seeds=2", "methods=scorer,svm"]) == \
+        "methods=scorer,svm: a list is written methods=[scorer,svm] (Hydra's list form)"
+    assert table1.comma_list(["methods=[scorer,svm]", "data.noise=0.1"]) is None
+
+
+def launched(monkeypatch, tmp_path, *overrides: str) -> list[list[list[list[str]]]]:
+    """The tagrank-train commands table1 would run for ``overrides`` (run_all recorded, nothing runs)."""
+    table1 = table1_module()
+    calls = []
+    monkeypatch.setattr(table1, "run_all", lambda group, jobs, sweep, threads: calls.append(jobs))
+    monkeypatch.setattr(table1, "train_executable", lambda: "tagrank-train")
+    table1.launch(plan(*overrides), tmp_path / "sweep")
+    return calls
+
+
+def test_jobs_on_slurm_is_the_fine_tuning_arrays_parallelism(monkeypatch, tmp_path):
+    slurm = ["launcher=slurm", "methods=[lstm,naive_rnn,svm]", "hydra.launcher.partition=gpu"]
+    frozen, tuned = launched(monkeypatch, tmp_path, *slurm, "jobs=3")
+    assert frozen == [[["tagrank-train", "-m", "model=svm", "seed=0", "data=synthetic", "logger=csv",
+                        "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path / 'sweep/frozen'}",
+                        "launcher=slurm", "hydra.launcher.partition=gpu"]]]
+    [[command]] = tuned  # one multirun: one job array, 3 of its jobs at a time
+    assert command[2:4] == ["model=lstm,naive_rnn", "seed=0,1,2"]
+    assert command[-4:] == ["experiment=synthetic_finetune", "hydra.launcher.array_parallelism=3", "launcher=slurm",
+                            "hydra.launcher.partition=gpu"]
+    [_, [[auto]]] = launched(monkeypatch, tmp_path, *slurm)  # jobs=auto: the launcher's own array_parallelism
+    assert not any("array_parallelism" in a for a in auto)
+    with pytest.raises(TagrankError, match="jobs=2 and hydra.launcher.array_parallelism=4 both say"):
+        launched(monkeypatch, tmp_path, *slurm, "jobs=2", "hydra.launcher.array_parallelism=4")
+    [local] = launched(monkeypatch, tmp_path, "methods=[lstm,naive_rnn]", "reference=lstm", "jobs=2")  # 2 multiruns at once
+    assert [[c[2:4] for c in job] for job in local] == [[["model=lstm", "seed=0,1,2"]], [["model=naive_rnn", "seed=0,1,2"]]]
 
 
 def test_recurrent_runs_are_shared_between_concurrent_jobs():
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        import table1
-    finally:
-        sys.path.pop(0)
+    table1 = table1_module()
     assert table1.split_runs(["lstm", "naive_rnn"], [0, 1, 2], 2) == [[("lstm", [0, 1, 2])], [("naive_rnn", [0, 1, 2])]]
     assert table1.split_runs(["lstm", "naive_rnn"], [0, 1, 2], 4) == [
         [("lstm", [0, 1])], [("lstm", [2]), ("naive_rnn", [0])], [("naive_rnn", [1])], [("naive_rnn", [2])]]
     assert table1.split_runs(["lstm"], [0], 2) == [[("lstm", [0])]]
-    assert table1.job_count("3") == 3
-    with pytest.raises(TagrankError, match="jobs='0'"):
-        table1.job_count("0")
+    assert table1.job_count(3) == 3 and table1.job_count("auto") is None
+    with pytest.raises(TagrankError, match="jobs=0"):
+        table1.job_count(0)
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["quick=maybe"], "quick='maybe': expected true or false"),
-    (["seeds=abc"], "seeds='abc': expected a positive whole number"),
-    (["seeds=0"], "seeds='0': expected a positive whole number"),
-    (["methods=frequency,svm"], "reference=lstm (the method of the paired difference column) is not among "
-                                "methods=frequency,svm: add it, or pass reference=frequency"),
-    (["methods=lstm,nosuch"], "methods=lstm,nosuch: expected a comma-separated list of frequency, label_query, lstm, lstm_attention, lstm_tuned, "
-                              "naive_rnn, naive_rnn_captioning, scorer, scorer_tuned, svm, svm_rank"),
-    (["aggregate=/x", "seeds=5", "trainer.max_epochs=2", "reference=svm"],
-     "aggregate= re-reads finished runs, so seeds=5 sweep_dir={sweep} trainer.max_epochs=2 would change nothing; "
-     "with aggregate= pass "
-     "only logger, results, reference, quick"),
+    (["quick=maybe"], "quick='maybe' has the wrong type: expected bool"),
+    (["seeds=abc"], "seeds='abc' has the wrong type: expected int"),
+    (["seeds=0"], "seeds=0 is out of range: expected int > 0"),
+    (["jobs=0"], "jobs=0: expected a positive whole number or auto"),
+    (["methods=[frequency,svm]"], "reference=lstm (the method of the paired difference column) is not among "
+                                  "methods=[frequency,svm]: add it, or pass reference=frequency"),
+    (["methods=[lstm,nosuch]"], "methods=[lstm,nosuch]: expected a list of frequency, label_query, lstm, lstm_attention, lstm_tuned, "
+                                "naive_rnn, naive_rnn_captioning, scorer, scorer_tuned, svm, svm_rank (methods=[lstm,svm])"),
+    (["methods='scorer,svm'"], "methods=scorer,svm: a list is written methods=[scorer,svm] (Hydra's list form)"),
+    (["model=svm"], "model=svm: table1 sets model for each run; pass methods=[...]"),
+    (["seed=1"], "seed=1: table1 sets seed for each run; pass seeds=<how many>"),
+    (["data=flickr8k", "quick=true"], "quick=true shrinks the synthetic data; it does not apply to data=flickr8k"),
+    (["finetune=paper_pascal07", "experiment=synthetic_finetune"],
+     "finetune=paper_pascal07 and experiment=synthetic_finetune both choose an experiment config for the "
+     "fine-tuning runs: pass one of them"),
+    (["aggregate=/x", "seeds=5", "sweep_dir=/s", "trainer.max_epochs=2", "reference=svm", "hydra.verbose=true"],
+     "aggregate= re-reads finished runs, so seeds=5 sweep_dir=/s trainer.max_epochs=2 hydra.verbose=true would "
+     "change nothing; with aggregate= pass only logger, results, reference, quick"),
 ])
-def test_table1_rejects_bad_arguments_before_any_run(arguments, message, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), *arguments,
-                           f"sweep_dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=120)
-    message = message.format(sweep=tmp_path / "sweep")
-    assert proc.returncode == 2 and proc.stderr.strip() == f"table1: error: {message}"
-    assert not (tmp_path / "sweep").exists()
+def test_table1_rejects_bad_arguments_before_any_run(arguments, message):
+    with pytest.raises(TagrankError) as err:
+        plan(*arguments)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("methods=scorer,svm", "methods=scorer,svm: a list is written methods=[scorer,svm] (Hydra's list form)"),
+    pytest.param("seedz=3", "seedz is not a setting of the config; expected one of [", marks=pytest.mark.slow),
+    pytest.param("seeds=0", "seeds=0 is out of range", marks=pytest.mark.slow),
+])
+def test_the_script_says_a_bad_argument_in_one_line_and_exits_2(argument, message, tmp_path, cli_env):
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), argument,
+                           f"sweep_dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=120,
+                          env=cli_env, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"tagrank: error: {message}"), proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "sweep").exists()
 
 
 def test_a_quick_table_never_lands_on_the_reference_results(tmp_path):
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        import table1
-    finally:
-        sys.path.pop(0)
-    settings, _ = table1.parse(["quick=true"])
-    assert table1.results_dir(settings, "synthetic") == Path("results/quick/synthetic")
-    assert table1.results_dir(table1.parse([])[0], "synthetic") == Path("results/synthetic")
-    assert table1.results_dir(table1.parse(["quick=true", "results=/r"])[0], "synthetic") == Path("/r/synthetic")
+    table1 = table1_module()
+    assert table1.results_dir(plan("quick=true"), "synthetic") == Path("results/quick/synthetic")
+    assert table1.results_dir(plan(), "synthetic") == Path("results/synthetic")
+    assert table1.results_dir(plan("quick=true", "results=/r"), "synthetic") == Path("/r/synthetic")
     # aggregate= of a sweep that quick=true made (its smoke overrides in every run) goes there too
     sweep = known_sweep(tmp_path)
     assert not table1.made_quick(runs.load_runs(sweep))
     for run in runs.load_runs(sweep):
         OmegaConf.save(OmegaConf.create([*table1.QUICK, f"seed={run.seed}"]), run.path / ".hydra/overrides.yaml")
     assert table1.made_quick(runs.load_runs(sweep))
-    assert table1.table_dir(table1.parse([f"aggregate={sweep}"])[0], runs.load_runs(sweep)) == \
-        Path("results/quick/pascal07")
-    assert table1.table_dir(table1.parse([f"aggregate={sweep}", "results=/r"])[0], runs.load_runs(sweep)) == \
+    for run in runs.load_runs(sweep):  # made before data.image_size was renamed data.render_size: still quick
+        given = [o.replace("data.render_size=", "data.image_size=") for o in table1.QUICK]
+        OmegaConf.save(OmegaConf.create([*given, f"seed={run.seed}"]), run.path / ".hydra/overrides.yaml")
+    assert "data.image_size=64" in given and table1.made_quick(runs.load_runs(sweep))
+    assert table1.table_dir(plan(f"aggregate={sweep}"), runs.load_runs(sweep)) == Path("results/quick/pascal07")
+    assert table1.table_dir(plan(f"aggregate={sweep}", "results=/r"), runs.load_runs(sweep)) == \
         Path("/r/pascal07")  # a folder the user names is theirs
 
 
@@ -315,8 +390,17 @@ def test_table1_quick_end_to_end(tmp_path, cli_env):
     for name in ("table1.md", "table1.csv", "curves.csv", "fig3.png", "fig4.png", "report.html"):
         assert (out / name).is_file(), name
     table = {r["method"]: r for r in csv.DictReader((out / "table1.csv").open())}
-    assert set(table) == {"lstm", "svm", "svm_rank", "naive_rnn", "frequency"}
-    assert all(r["seeds"] == "2" for r in table.values())
+    assert set(table) == set(OmegaConf.load(Path(CONF_DIR) / "table1.yaml").methods)  # the configured default
+    # the deterministic solves run seed 0 only (table1.DETERMINISTIC), the others both seeds
+    assert {m: r["seeds"] for m, r in table.items()} == {m: "1" if m in table1_module().DETERMINISTIC else "2" for m in table}
     for method in ("lstm", "svm", "svm_rank", "naive_rnn"):  # every learned method clears the floor
         assert float(table[method]["ndcg_ci_low"]) > float(table["frequency"]["ndcg_ci_high"]), method
     assert list((out / "wandb").glob("offline-run-*")) and "Ours (LSTM)" in proc.stdout
+    # aggregate= re-reads the finished sweep (nothing runs): the same table, against another reference
+    again = subprocess.run([sys.executable, str(ROOT / "experiments/table1.py"), f"aggregate={tmp_path / 'sweep'}",
+                            f"results={tmp_path / 'again'}", "reference=svm"],
+                           capture_output=True, text=True, env=cli_env, timeout=600, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    redone = {r["method"]: r for r in csv.DictReader((tmp_path / "again/synthetic/table1.csv").open())}
+    assert {m: r["ndcg_mean"] for m, r in redone.items()} == {m: r["ndcg_mean"] for m, r in table.items()}
+    assert redone["svm"]["delta_ndcg"] == "" and redone["lstm"]["delta_ndcg"] != ""

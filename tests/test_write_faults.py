@@ -6,6 +6,8 @@ ignores chmod."""
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +75,14 @@ def test_train_with_a_read_only_cache_exits_2_with_one_line(read_only_folder, tm
                          "TAGRANK_CACHE to a writable folder with space"), last
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in read_only_folder.iterdir()) == ["kept.txt"]
+
+
+def test_every_output_file_is_written_through_tagrank_files():
+    """No module writes a file with Path.write_text/write_bytes: a kill or a full disk would leave half of it
+    (a download's completion marker, a dataset's skipped.json or source.json), and a folder's fault would be
+    a traceback. tagrank.files (and the cache's checksummed writes built on it) are the one way out."""
+    root = Path(files.__file__).parent
+    found = [f"{path.relative_to(root)}:{n}" for path in sorted(root.rglob("*.py")) if path.name != "files.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"(?<!cache)\.write_(text|bytes)\(", line)]  # cache.write_text checksums, through files
+    assert found == []

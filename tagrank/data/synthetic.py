@@ -27,6 +27,7 @@ same dataset; the train/val/test split is by index and saved in the manifest.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from PIL import Image, ImageDraw
 from tagrank.data.records import Record
 from tagrank.data.sources.base import Source
 from tagrank.errors import TagrankError
+
+log = logging.getLogger("tagrank")
 
 SHAPES = {"star": 1.5, "cross": 1.25, "triangle": 1.1, "circle": 1.0, "square": 0.85, "ring": 0.7}
 COLOURS = {"red": ((215, 40, 40), 1.3), "yellow": ((235, 200, 35), 1.1), "blue": ((40, 80, 215), 0.95),
@@ -149,14 +152,23 @@ def ranked_tags(objects: list[dict], min_importance: float) -> list[str]:
     return list(dict.fromkeys(o["class"] for i, o in enumerate(ranked) if i == 0 or o["importance"] >= min_importance))
 
 
+RENDER_SIZE = 128  # the default render_size
+
+
 @dataclass
 class SyntheticSource(Source):
-    """Generated scenes; see the module docstring for the importance rule."""
+    """Generated scenes; see the module docstring for the importance rule.
+
+    ``render_size`` is the side of the square the scenes are drawn at. It was called ``image_size`` until
+    issue 25, the same name as ``backbone.image_size`` (the size every image, drawn or photographed, is
+    resized to for the backbone): the old name is still accepted, with a warning, from the command line
+    and from the saved config of an older run, and the cache key keeps the old name, so datasets built
+    before the rename are found."""
 
     n_train: int = 4000
     n_val: int = 500
     n_test: int = 1000
-    image_size: int = 128
+    render_size: int = RENDER_SIZE
     min_objects: int = 2
     max_objects: int = 7
     noise: float = 0.15
@@ -165,12 +177,22 @@ class SyntheticSource(Source):
     scenes: int = 0
     scene_purity: float = 0.8
     seed: int = 0
+    image_size: int | None = None  # deprecated: the old name of render_size
 
     name = "synthetic"
-    later_settings = {"class_zipf": 0.0, "scenes": 0, "scene_purity": 0.8}
+    later_settings = {"class_zipf": 0.0, "scenes": 0, "scene_purity": 0.8, "image_size": None}
+    key_names = {"render_size": "image_size"}
 
     def __post_init__(self) -> None:
-        lowest = {"n_train": 1, "n_val": 1, "n_test": 1, "image_size": 1, "min_objects": 1, "noise": 0,
+        if self.image_size is not None:
+            if self.render_size not in (self.image_size, RENDER_SIZE):
+                raise TagrankError(f"data.image_size={self.image_size} (the old name of data.render_size) and "
+                                   f"data.render_size={self.render_size} disagree: pass data.render_size alone")
+            log.warning("data.image_size=%d is the old name of data.render_size (the size the scenes are drawn at; "
+                        "backbone.image_size resizes images for the backbone): read as data.render_size=%d, pass "
+                        "that instead", self.image_size, self.image_size)
+            self.render_size, self.image_size = self.image_size, None
+        lowest = {"n_train": 1, "n_val": 1, "n_test": 1, "render_size": 1, "min_objects": 1, "noise": 0,
                   "min_importance": 0}
         for key, low in lowest.items():
             if getattr(self, key) < low:
@@ -190,7 +212,7 @@ class SyntheticSource(Source):
         records = []
         for i, split in enumerate(splits):
             rng = random.Random(f"{self.seed}-{i}")
-            image, tags, _ = render_scene(rng, self.image_size, self.min_objects, self.max_objects, self.noise,
+            image, tags, _ = render_scene(rng, self.render_size, self.min_objects, self.max_objects, self.noise,
                                           self.min_importance, self.class_zipf, self.scenes, self.scene_purity)
             rel = f"images/{i:06d}.jpg"
             image.save(out_dir / rel, quality=92)

@@ -31,6 +31,9 @@ class Source:
     # Settings added after datasets were first built, with the value that gives the old records: at that
     # value they stay out of the cache key, so a cache built before they existed is still found.
     later_settings: ClassVar[dict] = {}
+    # Settings renamed since datasets were first built, new name -> the name the cache key has always used:
+    # the key of the same data stays the same, so a cache built before the rename is still found.
+    key_names: ClassVar[dict] = {}
 
     def build(self, out_dir: Path) -> list[Record]:
         """Write whatever files the dataset needs under ``out_dir`` and return its records."""
@@ -42,7 +45,8 @@ class Source:
 
     def cache_key(self) -> str:
         params = asdict(self) if is_dataclass(self) else {}
-        params = {k: v for k, v in params.items() if k not in self.later_settings or v != self.later_settings[k]}
+        params = {self.key_names.get(k, k): v for k, v in params.items()
+                  if k not in self.later_settings or v != self.later_settings[k]}
         blob = json.dumps({"source": type(self).__name__, **params}, sort_keys=True, default=str)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -80,7 +84,8 @@ def ensure_built(source: Source, cache_dir: Path) -> Path:
             if not records:
                 raise TagrankError(f"data source {source.name!r} produced no records (check data.root and its contents)")
             write_manifest(records, tmp / MANIFEST)
-            (tmp / "source.json").write_text(json.dumps({"source": type(source).__name__, **asdict(source)}, indent=1, default=str))
+            files.atomic_write_text(tmp / "source.json",
+                                    json.dumps({"source": type(source).__name__, **asdict(source)}, indent=1, default=str))
             if verified(target):
                 return target  # another process (a SLURM array, parallel trials) finished the same build first
             if target.exists():  # damaged, or half-built by an older version: set aside, never reused

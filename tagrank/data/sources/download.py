@@ -200,7 +200,8 @@ def download_dataset(name: str, archives: list[dict[str, Any]], dest: str | Path
         atomic_write_text(done_file, json.dumps(done))
         if not keep_archives:
             path.unlink()
-    (tree / MARKER).write_text(json.dumps({"name": name, "archives": wanted}, indent=1))
+    # The marker says "complete": written whole (tagrank.files) or not at all, like every other output.
+    atomic_write_text(tree / MARKER, json.dumps({"name": name, "archives": wanted}, indent=1))
     os.rename(tree, dest)
     if keep_archives:
         _merge(work / "archives", dest.with_name(dest.name + ".archives"))

@@ -39,6 +39,7 @@ from PIL import Image
 from tagrank.data.records import SPLITS, Record, assign_splits
 from tagrank.data.sources.base import Source
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write_text
 
 log = logging.getLogger("tagrank")
 SKIPPED = "skipped.json"
@@ -149,7 +150,8 @@ class RawSource(Source):
         records = self.convert(self.require_root(), problems)
         if self.check_images:
             records = self.readable(records, self.image_root(Path(out_dir)), problems)
-        (Path(out_dir) / SKIPPED).write_text(json.dumps(problems.summary(), indent=1))
+        # Through tagrank.files as every output: a full or read-only cache is one line naming it.
+        atomic_write_text(Path(out_dir) / SKIPPED, json.dumps(problems.summary(), indent=1))
         if problems.no_tags:
             log.warning("%s: %d images have no tag and are left out", self.name, problems.no_tags)
         if not records:
