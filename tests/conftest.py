@@ -21,7 +21,7 @@ SHARED_DATA = SHARED / "data"
 
 # A synthetic dataset small enough to build, extract and train on in seconds.
 TINY = [
-    "data.n_train=96", "data.n_val=32", "data.n_test=48", "data.image_size=64",
+    "data.n_train=96", "data.n_val=32", "data.n_test=48", "data.render_size=64",
     "backbone.image_size=64", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=2",
 ]

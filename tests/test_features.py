@@ -25,7 +25,7 @@ def backbone():
 
 def _dm(tmp_path):
     dm = RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), n_train=6, n_val=2,
-                             n_test=2, image_size=32)
+                             n_test=2, render_size=32)
     dm.setup()
     return dm
 

@@ -27,7 +27,7 @@ from tagrank.errors import TagrankError
 
 from .test_converters import jpeg, lists, run_prepare, write_boxes
 
-SYNTHETIC = dict(n_train=6, n_val=2, n_test=4, image_size=32)
+SYNTHETIC = dict(n_train=6, n_val=2, n_test=4, render_size=32)
 
 
 def synthetic_dm(cache_dir: Path) -> RankedTagDataModule:

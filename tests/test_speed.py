@@ -40,7 +40,7 @@ class _Loads:
 
 def test_decoded_image_cache_gives_the_decoded_pixels_and_is_rebuilt_when_damaged_or_images_change(tmp_path):
     dm = RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), n_train=10, n_val=3,
-                             n_test=3, image_size=40)
+                             n_test=3, render_size=40)
     dm.setup()
     transform = ImageTransform(32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))  # a real resize: 40 -> 32 px
     loads = _Loads()
@@ -106,7 +106,7 @@ def test_the_images_bytes_are_read_once_while_no_file_changes(tmp_path):
 
 def test_the_data_module_reads_images_from_the_cache(tmp_path):
     dm = RankedTagDataModule("tagrank.data.synthetic.SyntheticSource", str(tmp_path), n_train=6, n_val=2,
-                             n_test=2, image_size=32)
+                             n_test=2, render_size=32)
     transform = ImageTransform(32, (0.5,) * 3, (0.5,) * 3)
     dm.use_images(transform)
     assert dm.pixels is not None and image_cache_path(tmp_path, dm.name, 32).is_file()

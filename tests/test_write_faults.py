@@ -50,7 +50,7 @@ def test_a_checkpoint_on_a_full_disk_names_the_folder_and_tagrank_logs(small_dis
 
 
 def test_a_dataset_built_into_a_read_only_cache_names_it_and_leaves_nothing(read_only_folder):
-    source = SyntheticSource(n_train=4, n_val=2, n_test=2, image_size=32)
+    source = SyntheticSource(n_train=4, n_val=2, n_test=2, render_size=32)
     with pytest.raises(files.CannotWrite, match=rf"^cannot write {read_only_folder}/\S+: its folder {read_only_folder} "
                                                 r"is on a read-only file system; .*TAGRANK_CACHE"):
         ensure_built(source, read_only_folder)
@@ -58,7 +58,7 @@ def test_a_dataset_built_into_a_read_only_cache_names_it_and_leaves_nothing(read
 
 
 def test_a_dataset_built_onto_a_full_disk_leaves_no_half_built_folder(small_disk):
-    source = SyntheticSource(n_train=200, n_val=50, n_test=50, image_size=64)
+    source = SyntheticSource(n_train=200, n_val=50, n_test=50, render_size=64)
     with pytest.raises(files.CannotWrite, match=rf"its folder {small_disk} is full"):
         ensure_built(source, small_disk)
     assert list(small_disk.iterdir()) == []
