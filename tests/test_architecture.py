@@ -30,7 +30,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("networks", ["tagrank.models.backbones"]),
     ("data", ["tagrank.data.*"]),
     ("callbacks", ["tagrank.callbacks", "tagrank.checkpoint"]),
-    ("models", ["tagrank.models.*"]),
+    ("models", ["tagrank.models.*", "tagrank.models.listwise"]),
     ("run", ["tagrank.pipeline", "tagrank.dashboard", "tagrank.loo"]),
     ("report", ["tagrank.report.*"]),
     ("commands", ["tagrank.cli.*"]),

@@ -12,7 +12,8 @@ from tagrank.metrics import SetMetrics
 from tagrank.models.base import beam_distinct, greedy_distinct, plackett_luce_nll
 from tagrank.models.lstm import LSTMTagger
 from tagrank.models.naive_rnn import NaiveRNN
-from tagrank.models.scorer import ListwiseScorer, best_threshold, listnet_loss
+from tagrank.models.listwise import listnet_rows
+from tagrank.models.scorer import ListwiseScorer, best_threshold
 from tagrank.cli.train import train
 
 from .conftest import TINY, compose_cfg
@@ -40,7 +41,7 @@ def test_listnet_puts_the_target_on_the_ndcg_gains():
     scores = torch.tensor([[0.3, -1.0, 2.0, 0.5]])
     logp = scores.log_softmax(-1)[0]
     expected = -(0.75 * logp[2] + 0.25 * logp[0])
-    assert listnet_loss(scores, torch.tensor([[2, 0, -1]]), "linear").item() == pytest.approx(expected.item(), abs=1e-6)
+    assert listnet_rows(scores, torch.tensor([[2, 0, -1]]), "linear").sum().item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_beam_of_width_one_is_greedy_and_a_wider_beam_finds_a_likelier_list():
@@ -103,7 +104,7 @@ def test_a_scorer_run_chooses_its_stop_rule_on_val_and_reports_set_metrics(lengt
     assert 0 < float(model.stop_threshold) <= 1  # chosen on val, saved with the weights
 
 
-@pytest.mark.parametrize("loss", ["plackett_luce", "listnet", "both"])
+@pytest.mark.parametrize("loss", ["plackett_luce", "listnet", "both", "lambdaloss", "neuralndcg"])
 def test_the_scorer_learns_a_fixed_order(loss):
     # Every image has the list (4, 1, 7): a scorer trained on it ranks those three first, in that order.
     torch.manual_seed(0)

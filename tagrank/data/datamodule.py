@@ -1,7 +1,9 @@
 """One Dataset and one LightningDataModule for every manifest.
 
 A batch is a dict: ``index`` (row in the manifest), ``target`` (tag ids in ground-truth order, padded
-with -1; the training split's in ``data.train_order``, the human order by default), and ``features`` (cached backbone features) and/or ``image`` (uint8 pixels [3, S, S], resized;
+with -1; the training split's in ``data.train_order``, the human order by default), ``lists`` (each
+annotator's own list [A, L] likewise, a row of -1 where an image has fewer; the merged list alone where
+the data has one list per image), and ``features`` (cached backbone features) and/or ``image`` (uint8 pixels [3, S, S], resized;
 the model normalises whole batches on its device: ``backbone_input``), depending on whether the
 backbone is frozen for the whole run or fine-tuned; with ``backbone.finetune_blocks``, ``trunk`` (the
 frozen trunk's cached output) stands in for the image.
@@ -55,10 +57,10 @@ class RankedTagDataset(Dataset):
     def __init__(self, rows: list[int], targets: torch.Tensor, paths: list[Path],
                  features: torch.Tensor | None = None, transform: ImageTransform | None = None,
                  images_on: torch.Tensor | None = None, pixels: DecodedImages | None = None,
-                 trunk: torch.Tensor | None = None) -> None:
+                 trunk: torch.Tensor | None = None, lists: torch.Tensor | None = None) -> None:
         self.rows, self.targets, self.paths = rows, targets, paths
         self.features, self.transform, self.pixels = features, transform, pixels
-        self.images_on, self.trunk = images_on, trunk
+        self.images_on, self.trunk, self.lists = images_on, trunk, lists
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -66,6 +68,8 @@ class RankedTagDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = self.rows[i]
         item = {"index": torch.tensor(row), "target": self.targets[row]}
+        if self.lists is not None:
+            item["lists"] = self.lists[row]
         if self.features is not None:
             item["features"] = self.features[row]
         images_on = self.features is None or self.images_on is None or bool(self.images_on)
@@ -95,6 +99,21 @@ def reorder(ids: list[int], order: str, seed: int, row: int) -> list[int]:
     if order == "random":
         return [ids[i] for i in np.random.default_rng([seed, row]).permutation(len(ids))]
     return ids
+
+
+def annotator_lists(records: list[Record], vocab: Vocabulary, order: str, seed: int) -> torch.Tensor:
+    """Each annotator's own list of every record as vocabulary ids [N, A, L] (-1 padded; A the most lists
+    any record has), the training split's in ``order`` as its merged lists are: what a model learns from
+    with ``annotators=each``. A record without ``lists`` (one list per image) has its merged list there."""
+    encoded = [[vocab.encode(lst) for lst in (r.lists or [r.tags])] for r in records]
+    encoded = [[reorder(ids, order, seed, row) for ids in lists] if r.split == "train" else lists
+               for row, (r, lists) in enumerate(zip(records, encoded))]
+    length = max(1, max(len(ids) for lists in encoded for ids in lists))
+    out = torch.full((len(records), max(len(lists) for lists in encoded), length), -1, dtype=torch.long)
+    for row, lists in enumerate(encoded):
+        for a, ids in enumerate(lists):
+            out[row, a, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
 
 
 # Where the converters lived before tagrank/data/sources/: a run's saved config names its source class by
@@ -155,6 +174,7 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
         self.vocab: Vocabulary | None = None
         self.features: torch.Tensor | None = None
         self.trunk: torch.Tensor | None = None
+        self.lists: torch.Tensor | None = None
         self.transform: ImageTransform | None = None
         self.images_on = torch.ones((), dtype=torch.bool).share_memory_()
         self._resume_at: dict | None = None
@@ -192,6 +212,7 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
         self.targets = torch.full((len(encoded), self.max_len), -1, dtype=torch.long)
         for row, ids in enumerate(encoded):
             self.targets[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        self.lists = annotator_lists(self.records, vocab, self.train_order, seed)
         root = self.source.image_root(self.dataset_dir)
         self.paths = [root / r.image for r in self.records]
 
@@ -252,7 +273,7 @@ class RankedTagDataModule(LightningDataModule):  # noqa: D101
         if self.features is None and self.transform is None and self.trunk is None:
             raise TagrankError("the data module has neither cached features nor an image transform attached")
         return RankedTagDataset(self.rows(split), self.targets, self.paths, self.features, self.transform,
-                                self.images_on, self.pixels, self.trunk)
+                                self.images_on, self.pixels, self.trunk, self.lists)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # Seeded, resumable order for training; unpadded shards for evaluation under DDP (samplers.py).

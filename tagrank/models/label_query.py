@@ -5,8 +5,9 @@ is projected to ``d_model`` and given a learned position per cell; one learned q
 over those cells through ``layers`` Transformer decoder layers (``nn.TransformerDecoderLayer``), and a
 per-tag linear read-out gives one score per tag. Why: the pooled vector every other method reads throws
 away where things are, while people name what is large and central first; each tag's query can look
-at the cells where its evidence lies. Trained with the scorer's listwise losses (``loss``), ranked and
-scored as the scorer is (softmax probabilities); the paper's training recipe (:class:`StagedTagger`).
+at the cells where its evidence lies. Trained with the scorer's listwise losses (``loss``, ``annotators``),
+ranked and scored as the scorer is (softmax probabilities): all of it from
+:class:`~tagrank.models.listwise.ListwiseTagger`; the paper's training recipe (:class:`StagedTagger`).
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ from torch import nn
 
 from tagrank.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from tagrank.metrics import Relevance
-from tagrank.models.base import Factor, StagedTagger
-from tagrank.models.scorer import Loss, listwise_loss, top_scored
+from tagrank.models.base import Factor
+from tagrank.models.listwise import Annotators, ListwiseTagger, Loss
 
 
-class LabelQueryDecoder(StagedTagger):
+class LabelQueryDecoder(ListwiseTagger):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", grid: PositiveInt = 4,
                  d_model: PositiveInt = 256, heads: PositiveInt = 4, layers: PositiveInt = 1,
                  dropout: Fraction = 0.1, loss: Loss = "both", lr: PositiveFloat = 4e-4,
                  betas: tuple[float, float] = (0.8, 0.999), eps: PositiveFloat = 1e-8, lr_factor: Factor = 0.5,
                  lr_patience: NonNegativeInt = 2, finetune_after_steps: NonNegativeInt = 7500,
                  finetune_lr: PositiveFloat = 1e-5, finetune_weight_decay: NonNegativeFloat = 1e-3,
-                 top_k: PositiveInt = 10, relevance: Relevance = "linear") -> None:
+                 top_k: PositiveInt = 10, relevance: Relevance = "linear",
+                 annotators: Annotators = "merged") -> None:
         super().__init__(num_tags, backbone, top_k, relevance)
         self.save_hyperparameters()
         self.feature_grid = grid
@@ -44,18 +46,3 @@ class LabelQueryDecoder(StagedTagger):
         cells = self.proj(fmap.float().flatten(2).transpose(1, 2)) + self.position  # [B, g*g, d]
         out = self.decoder(self.queries.expand(cells.shape[0], -1, -1), cells)  # [B, V, d]
         return (out * self.read_out).sum(-1) + self.read_bias
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return listwise_loss(self(self.image_features(batch)), batch["target"], self.hparams.loss,
-                             self.hparams.relevance)
-
-    def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.scored_rank(batch)[0]
-
-    def scored_rank(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top_k tag ids [B, K], best first, and their softmax probabilities over all tags."""
-        return top_scored(self(self.image_features(batch)), min(self.top_k, self.num_tags))
-
-    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The softmax probability of the tag over all tags."""
-        return self(features).float().softmax(-1).gather(1, ids.clamp(min=0))

@@ -2,8 +2,9 @@
 
 image feature -> dropout -> linear (``hidden_size``) -> ReLU -> dropout -> linear -> V scores. No
 recurrence: an image's ranked list is the tags sorted by score, so it cannot repeat a tag or stop early,
-and its training signal is the whole list at once. Two listwise losses, used alone or summed
-(``loss``):
+and its training signal is the whole list at once. Learnt with the listwise losses of
+:mod:`tagrank.models.listwise` (``loss``; also LambdaLoss and NeuralNDCG there, and ``annotators``:
+learning from each annotator's own list); the default sums two:
 
 - ``plackett_luce``: the exact likelihood of the ground-truth order under the Plackett-Luce model of
   the scores (ListMLE): the first tag is drawn from a softmax over all tags, each next one from a
@@ -26,26 +27,13 @@ set, scored by set precision / recall / F1 beside the fixed-length Table 1 metri
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
 from tagrank.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from tagrank.metrics import Relevance, relevance_grades
-from tagrank.models.base import Factor, StagedTagger, plackett_luce_nll
-
-Loss = Literal["plackett_luce", "listnet", "both"]
-
-
-def listnet_loss(scores: torch.Tensor, target: torch.Tensor, relevance: str) -> torch.Tensor:
-    """Cross-entropy between the lists' normalised NDCG gains and softmax(scores) [B, V], summed over
-    the batch (lists without a tag add nothing)."""
-    valid = target >= 0
-    gains = (2.0 ** relevance_grades(valid, relevance) - 1.0) * valid
-    q = torch.zeros_like(scores, dtype=torch.float64).scatter_add_(1, target.clamp(min=0), gains)
-    q = (q / q.sum(1, keepdim=True).clamp(min=1e-12)).to(scores.dtype)
-    return -(q * scores.log_softmax(-1)).sum()
+from tagrank.metrics import Relevance
+from tagrank.models.base import Factor
+from tagrank.models.listwise import Annotators, ListwiseTagger, Loss
 
 
 def best_threshold(probs: torch.Tensor, hits: torch.Tensor, truth: torch.Tensor) -> float:
@@ -64,33 +52,14 @@ def best_threshold(probs: torch.Tensor, hits: torch.Tensor, truth: torch.Tensor)
     return best
 
 
-
-def listwise_loss(scores: torch.Tensor, target: torch.Tensor, loss: str, relevance: str) -> torch.Tensor:
-    """The batch's mean listwise loss of tag scores [B, V] against the ranked targets [B, T] (``loss``:
-    plackett_luce, listnet or both): shared by every method that scores each tag once."""
-    total = scores.new_zeros(())
-    if loss in ("plackett_luce", "both"):
-        total = total + plackett_luce_nll(scores[:, None].expand(-1, target.shape[1], -1), target)
-    if loss in ("listnet", "both"):
-        total = total + listnet_loss(scores, target, relevance)
-    return total / len(target)
-
-
-def top_scored(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top k tag ids [B, k], best first, and their softmax probabilities over all tags."""
-    scores = scores.float()
-    # ranked by score, not by probability: far apart scores underflow to equal probabilities (0)
-    ids = scores.topk(k, dim=1).indices
-    return ids, scores.softmax(-1).gather(1, ids)
-
-
-class ListwiseScorer(StagedTagger):
+class ListwiseScorer(ListwiseTagger):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", hidden_size: PositiveInt = 512,
                  dropout: Fraction = 0.5, loss: Loss = "both", lr: PositiveFloat = 4e-4,
                  betas: tuple[float, float] = (0.8, 0.999), eps: PositiveFloat = 1e-8, lr_factor: Factor = 0.5,
                  lr_patience: NonNegativeInt = 2, finetune_after_steps: NonNegativeInt = 7500,
                  finetune_lr: PositiveFloat = 1e-5, finetune_weight_decay: NonNegativeFloat = 1e-3,
-                 top_k: PositiveInt = 10, relevance: Relevance = "linear") -> None:
+                 top_k: PositiveInt = 10, relevance: Relevance = "linear",
+                 annotators: Annotators = "merged") -> None:
         super().__init__(num_tags, backbone, top_k, relevance)
         self.save_hyperparameters()
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, hidden_size), nn.ReLU(),
@@ -102,17 +71,6 @@ class ListwiseScorer(StagedTagger):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Tag scores [B, V] for image features [B, D]."""
         return self.head(features)
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return listwise_loss(self(self.image_features(batch)), batch["target"], self.hparams.loss,
-                             self.hparams.relevance)
-
-    def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.scored_rank(batch)[0]
-
-    def scored_rank(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top_k tag ids [B, K], best first, and their softmax probabilities over all tags."""
-        return top_scored(self(self.image_features(batch)), min(self.top_k, self.num_tags))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         batch = {**batch, "computed_features": self.image_features(batch)}  # one backbone pass for both
@@ -146,7 +104,3 @@ class ListwiseScorer(StagedTagger):
     def stop_score(self) -> float | None:
         threshold = float(self.stop_threshold)
         return None if threshold < 0 else threshold
-
-    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The softmax probability of the tag over all tags. The same as ``scored_rank`` returns with its ids."""
-        return self(features).float().softmax(-1).gather(1, ids.clamp(min=0))
