@@ -219,7 +219,6 @@ def best_score(run: Path) -> float:
     return float(state["best_model_score"])
 
 
-@pytest.mark.slow  # in make test once the fast suite has room for it (issue 26)
 def test_an_optuna_study_runs_two_trials_at_once_and_keeps_a_requeued_one(slurm_env, tmp_path):
     """hparams_search with launcher=slurm: one job array of n_jobs=2 trials running together; one is preempted
     (``scontrol requeue``) and resumes; the study in its sqlite storage holds both trials, complete, with the
@@ -255,7 +254,6 @@ def test_an_optuna_study_runs_two_trials_at_once_and_keeps_a_requeued_one(slurm_
     assert [t.value for t in study.trials] == [best_score(sweep / "0"), best_score(sweep / "1")]
 
 
-@pytest.mark.slow  # in make test once the fast suite has room for it (issue 26)
 def test_ddp_as_two_slurm_tasks_gives_the_metrics_of_one_process(slurm_env, tmp_path):
     """trainer=ddp with hydra.launcher.tasks_per_node=2: SLURM starts both processes (srun, two tasks of one job;
     Lightning's SLURM environment gives their ranks), gloo on the CPU, per-process batch 8 against one process
@@ -281,7 +279,6 @@ def test_ddp_as_two_slurm_tasks_gives_the_metrics_of_one_process(slurm_env, tmp_
     assert (ddp / "predictions.jsonl").read_text() == (one / "predictions.jsonl").read_text()
 
 
-@pytest.mark.slow
 def test_table1_runs_as_slurm_jobs_and_aggregates_them(slurm_env, tmp_path):
     """experiments/table1.py with launcher=slurm: the frozen methods' multirun, then the fine-tuning one, each as
     SLURM jobs (jobs=1: one of the fine-tuning array at a time); the table is aggregated from their run folders."""
