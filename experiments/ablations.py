@@ -38,6 +38,7 @@ from table1 import refuse_unused_with_aggregate, run_all, train_executable, unus
 from tagrank.cli import command
 from tagrank.config import PositiveInt, check_value
 from tagrank.errors import TagrankError
+from tagrank.files import atomic_write_text
 
 SETTINGS = ("orders", "sweep", "results", "seeds", "sweep_dir", "aggregate")  # the rest is tagrank-train's
 ORDERS = ("human", "frequency", "rare_first", "random")  # tagrank.data.datamodule.TrainOrder
@@ -101,7 +102,7 @@ def ablate(cfg: DictConfig) -> None:
     out_dir = Path(cfg.results) / found[0].data
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, md in written.items():
-        (out_dir / name).write_text(md)
+        atomic_write_text(out_dir / name, md)  # an interrupted run leaves the old table, not half a new one
         print(md)
     print("written: " + ", ".join(str(out_dir / name) for name in written))
 
