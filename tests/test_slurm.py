@@ -172,7 +172,7 @@ TIME_LIMITED = [*[a for a in ON_THIS_NODE if not a.startswith("hydra.launcher.ti
                 "+callbacks.delay.until_requeued=true"]
 
 
-@pytest.mark.slow  # ~1.5 min, mostly waiting for SLURM's clock; test 2 runs the same handler on a hand-sent USR1
+# ~1.5 min, mostly waiting for SLURM's clock (its time limit is in minutes); the fast suite has room for it
 def test_the_time_limit_warning_saves_and_requeues_and_the_job_ends_with_the_metrics_of_an_uninterrupted_run(
         slurm_env, tmp_path, uninterrupted):
     """No signal sent by hand: SLURM's time limit sends SIGUSR1 (--signal=USR1@60 of a --time=2 job); tagrank
