@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tagrank import CONF_DIR
+from tagrank import CONF_DIR, config_options
 from tagrank.report import figures, loggers, runs, stats, tables
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics
@@ -404,3 +404,13 @@ def test_table1_quick_end_to_end(tmp_path, cli_env):
     redone = {r["method"]: r for r in csv.DictReader((tmp_path / "again/synthetic/table1.csv").open())}
     assert {m: r["ndcg_mean"] for m, r in redone.items()} == {m: r["ndcg_mean"] for m, r in table.items()}
     assert redone["svm"]["delta_ndcg"] == "" and redone["lstm"]["delta_ndcg"] != ""
+
+
+@pytest.mark.parametrize("method", config_options("model"))
+def test_a_method_gets_the_fine_tuning_schedule_exactly_when_its_config_is_staged(method):
+    """table1 gives finetune='s schedule (and finetune=none's frozen backbone) to the staged methods; it reads
+    which they are from the configs, so a new staged method (lstm_attention) is not left on its own default
+    schedule beside the LSTM. Checked against the composed model config: staged means finetune_after_steps."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={method}"])
+    assert table1_module().fine_tunes(method) == ("finetune_after_steps" in cfg.model)
