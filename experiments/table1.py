@@ -109,6 +109,18 @@ def comma_list(argv: list[str]) -> str | None:
     return None
 
 
+# The model.* settings given, taken off the command line before Hydra composes table1.yaml (main()).
+MODEL_ARGS: list[str] = []
+
+
+def model_settings(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` without its ``model.*`` settings, and those settings. table1.yaml composes train.yaml, whose
+    model is a placeholder (the LSTM): Hydra would check ``model.C_grid=...`` against the LSTM's keys and
+    refuse a setting of the SVM. They are for the runs, where each is checked against its own model."""
+    model = [a for a in argv if a.partition("=")[0].lstrip("+~").startswith("model.")]
+    return [a for a in argv if a not in model], model
+
+
 def method_list(value: object) -> list[str]:
     """``methods``: a list of model config names, or one name (``methods=lstm``)."""
     if isinstance(value, str) and "," in value:
@@ -121,10 +133,12 @@ def method_list(value: object) -> list[str]:
     return methods
 
 
-def parse(cfg: DictConfig, hydra: DictConfig) -> Plan:
+def parse(cfg: DictConfig, hydra: DictConfig, model_args: list[str] | None = None) -> Plan:
     """The settings checked against each other before any run; ``hydra`` is the composed Hydra config
-    (``HydraConfig.get()``), whose choices and launcher say what data, logger and launcher the runs get."""
-    typed = [*hydra.overrides.task, *(a for a in hydra.overrides.hydra if not a.startswith(NOT_PASSED))]
+    (``HydraConfig.get()``), whose choices and launcher say what data, logger and launcher the runs get;
+    ``model_args``: the ``model.*`` settings given (:func:`model_settings`; None: those main() took off)."""
+    typed = [*hydra.overrides.task, *(a for a in hydra.overrides.hydra if not a.startswith(NOT_PASSED)),
+             *(MODEL_ARGS if model_args is None else model_args)]
     passthrough = [a for a in typed if a.partition("=")[0].lstrip("+~") not in SETTINGS]
     choices = hydra.runtime.choices
     if cfg.aggregate:
@@ -396,6 +410,7 @@ def main() -> None:
     message = comma_list(sys.argv[1:])
     if message:
         user_error_exit(TagrankError(message))
+    sys.argv[1:], MODEL_ARGS[:] = model_settings(sys.argv[1:])
     hydra_main()
 
 

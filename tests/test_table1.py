@@ -245,9 +245,11 @@ def table1_module():
 
 def plan(*overrides: str):
     """table1's settings as the script reads them: tagrank/conf/table1.yaml composed by Hydra with ``overrides``."""
+    table1 = table1_module()
+    others, model = table1.model_settings(list(overrides))  # as main() does
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="table1", overrides=list(overrides), return_hydra_config=True)
-    return table1_module().parse(cfg, cfg.hydra)
+        cfg = compose(config_name="table1", overrides=others, return_hydra_config=True)
+    return table1.parse(cfg, cfg.hydra, model)
 
 
 def test_recurrent_methods_get_their_finetuning_schedule():
@@ -414,3 +416,12 @@ def test_a_method_gets_the_fine_tuning_schedule_exactly_when_its_config_is_stage
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={method}"])
     assert table1_module().fine_tunes(method) == ("finetune_after_steps" in cfg.model)
+
+
+def test_a_setting_of_any_method_goes_to_the_runs():
+    """model.* settings of a method other than the placeholder LSTM of table1.yaml (the SVM's C grid, the
+    scorer's loss) reach the runs as written; Hydra would have refused them against the LSTM's keys."""
+    given = plan("methods=[svm]", "seeds=1", "reference=svm", "model.C_grid=[0.03,0.1]", "++model.annotators=each")
+    assert given.passthrough[-2:] == ["model.C_grid=[0.03,0.1]", "++model.annotators=each"]
+    with pytest.raises(TagrankError, match="aggregate= re-reads finished runs, so model.C_grid=.0.03. would change"):
+        plan("aggregate=/x", "model.C_grid=[0.03]")
