@@ -29,6 +29,7 @@ from tagrank.config import PositiveInt, check_value, instantiate
 from tagrank.dashboard import WANDB_TARGET, wandb_run_args
 from tagrank.data.datamodule import RankedTagDataModule, image_transform
 from tagrank.data.features import cached_features
+from tagrank.data.synthetic import RENDER_SIZE
 from tagrank.errors import TagrankError
 from tagrank.files import atomic_write, atomic_write_text, torch_saver
 from tagrank.loo import format_loo, loo_summary
@@ -142,6 +143,13 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
         for key, value in OmegaConf.to_container(cfg.get(section) or {}, resolve=True).items():
             if f"{section}.{key}" not in WHERE_AND_HOW:
                 flat[f"{section}.{key}"] = value
+    # data.image_size is the old name of data.render_size (issue 25): saved and compared under the new name,
+    # so the old command line resumes its own checkpoint and a checkpoint says the size the scenes were drawn at
+    old = flat.pop("data.image_size", None)
+    if old is not None and flat.get("data.render_size") in (old, RENDER_SIZE):
+        flat["data.render_size"] = old
+    elif old is not None:  # both names, disagreeing: the data's own check says so in one line
+        flat["data.image_size"] = old
     return flat
 
 

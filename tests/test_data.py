@@ -183,6 +183,8 @@ def test_an_old_run_config_and_checkpoint_with_data_image_size_still_load(tmp_pa
     torch.save({checkpoint.SETTINGS_KEY: {"seed": 0, "data.image_size": 32, "data.n_train": 8}}, ckpt)
     assert checkpoint.trained_with(checkpoint.load(ckpt)) == {"seed": 0, "data.render_size": 32, "data.n_train": 8}
     check_trained_with(ckpt, run_settings(cfg), "old.ckpt", "resume it")  # the same settings: no refusal
+    check_trained_with(ckpt, run_settings(given), "old.ckpt", "resume it")  # and the old command line too
+    assert run_settings(given)["data.render_size"] == 32 and "data.image_size" not in run_settings(given)
     other = compose_cfg(["data.n_train=8", "data.n_val=3", "data.n_test=3", "data.render_size=64"], tmp_path, tmp_path)
     with pytest.raises(TagrankError, match=r"data.render_size=32 there, 64 here.*data.render_size=32$"):
         check_trained_with(ckpt, run_settings(other), "old.ckpt", "resume it")
