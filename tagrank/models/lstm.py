@@ -122,7 +122,28 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 Loss = Literal["cross_entropy", "plackett_luce"]
 
 
-class LSTMTagger(StagedTagger):
+class StepwiseTagger(StagedTagger):
+    """A tagger whose ``forward(features, steps)`` gives one row of tag logits a step, none of them depending
+    on the tags chosen before (no previous-tag input: the paper's LSTM and its attention variant), so
+    ranking and scoring are the same for both: greedy or beam decoding of distinct tags over those rows."""
+
+    def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self(self.image_features(batch), self.top_k)
+        width = self.hparams.get("beam_width", 1)
+        if width == 1:
+            return greedy_distinct(logits)
+        # Each step's logits do not depend on the tags chosen before (no previous-tag input): the state
+        # only carries each beam's image row.
+        steps = min(self.top_k, self.num_tags)
+        return beam_distinct(lambda t, state, previous: (state[0][:, t], state), (logits,), steps, width)
+
+    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The softmax probability of the tag at its step. Over all tags: the masking of tags already
+        emitted is decoding, not the model."""
+        return self(features, ids.shape[1]).softmax(-1).gather(-1, ids.clamp(min=0)[..., None])[..., 0]
+
+
+class LSTMTagger(StepwiseTagger):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", proj_dim: PositiveInt = 100,
                  hidden_size: PositiveInt = 300, dropout: Fraction = 0.5, lr: PositiveFloat = 4e-4,
                  betas: tuple[float, float] = (0.8, 0.999), eps: PositiveFloat = 1e-8, lr_factor: Factor = 0.5,
@@ -174,17 +195,3 @@ class LSTMTagger(StagedTagger):
         logits = self.out(dropout(h, self.drop.p, self.training))
         return nn.functional.cross_entropy(logits, packed.data, reduction="sum") / len(target)
 
-    def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(self.image_features(batch), self.top_k)
-        width = self.hparams.get("beam_width", 1)
-        if width == 1:
-            return greedy_distinct(logits)
-        # Each step's logits do not depend on the tags chosen before (no previous-tag input): the state
-        # only carries each beam's image row.
-        steps = min(self.top_k, self.num_tags)
-        return beam_distinct(lambda t, state, previous: (state[0][:, t], state), (logits,), steps, width)
-
-    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The softmax probability of the tag at its step. Over all tags: the masking of tags already
-        emitted is decoding, not the model."""
-        return self(features, ids.shape[1]).softmax(-1).gather(-1, ids.clamp(min=0)[..., None])[..., 0]

@@ -26,11 +26,12 @@ from torch import nn
 
 from tagrank.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from tagrank.metrics import Relevance
-from tagrank.models.base import Factor, StagedTagger, beam_distinct, greedy_distinct, list_lengths, plackett_luce_nll
-from tagrank.models.lstm import Loss, dropout
+from tagrank.models.base import Factor, list_lengths, plackett_luce_nll
+from tagrank.models.lstm import Loss, StepwiseTagger, dropout
 
 
-class LSTMAttention(StagedTagger):
+# rank and tag_scores as the paper's LSTM: the attention follows the hidden state alone, not the tags chosen
+class LSTMAttention(StepwiseTagger):
     def __init__(self, num_tags: int, backbone: str = "efficientnet_lite0", grid: PositiveInt = 4,
                  proj_dim: PositiveInt = 100, hidden_size: PositiveInt = 300, attention_dim: PositiveInt = 100,
                  pooled_input: bool = True, dropout: Fraction = 0.5, lr: PositiveFloat = 4e-4,
@@ -88,18 +89,3 @@ class LSTMAttention(StagedTagger):
         # (padding ignored), averaged over the batch. No tag in the batch: a zero loss with a gradient.
         return nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1,
                                            reduction="sum") / len(target)
-
-    def rank(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(self.image_features(batch), self.top_k)
-        width = self.hparams.beam_width
-        if width == 1:
-            return greedy_distinct(logits)
-        # As the paper's LSTM: no previous-tag input, so a step's logits do not depend on the tags chosen
-        # before (the attention follows the hidden state alone); the state only carries each beam's row.
-        steps = min(self.top_k, self.num_tags)
-        return beam_distinct(lambda t, state, previous: (state[0][:, t], state), (logits,), steps, width)
-
-    def tag_scores(self, features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The softmax probability of the tag at its step. Over all tags: the masking of tags already
-        emitted is decoding, not the model."""
-        return self(features, ids.shape[1]).softmax(-1).gather(-1, ids.clamp(min=0)[..., None])[..., 0]
