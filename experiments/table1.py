@@ -58,7 +58,7 @@ from tagrank.errors import TagrankError
 log = logging.getLogger("tagrank")
 
 # This script's settings (tagrank/conf/table1.yaml); every other one given is tagrank-train's and goes to the runs.
-SETTINGS = ("methods", "seeds", "quick", "results", "sweep_dir", "aggregate", "finetune", "jobs", "reference")
+SETTINGS = ("methods", "seeds", "quick", "results", "sweep_dir", "aggregate", "finetune", "jobs", "reference", "protocol")
 # Chosen here for each run (model=<methods>, seed=<0..seeds-1>, hydra.sweep.dir=<sweep>/<group>): the way to
 # set them is the setting beside each.
 MADE_HERE = {"model": "methods=[...]", "seed": "seeds=<how many>", "hydra.sweep.dir": "sweep_dir=<folder>"}
@@ -68,7 +68,7 @@ NOT_PASSED = ("hydra.mode", "hydra.run.")
 # (tests/test_baselines.py checks it), so one run (seed 0) stands for all; an SVM-rank run with its C
 # search takes the better part of an hour on Flickr8k on 2 cores.
 DETERMINISTIC = ("svm", "svm_rank", "frequency")
-SCHEDULES = {"synthetic": "synthetic_finetune", "flickr8k": "flickr8k_finetune"}  # finetune=auto, per data
+SCHEDULES = {"synthetic": "synthetic_finetune", "flickr8k": "flickr8k_frozen"}  # finetune=auto, per data
 
 # Quick mode: a small synthetic set at 64 px and short schedules; a smoke run of the whole pipeline.
 QUICK = ["data.n_train=1000", "data.n_val=200", "data.n_test=400", "data.render_size=64", "backbone.image_size=64",
@@ -97,6 +97,7 @@ class Plan:
     slurm: bool                # the composed launcher submits to SLURM
     experiment: str | None     # an experiment config the user chose: it goes to every run
     passthrough: list[str] = field(default_factory=list)  # tagrank-train settings given, as written
+    protocol: list[str] = field(default_factory=list)     # the data's protocol settings not overridden (protocol_settings)
 
 
 def comma_list(argv: list[str]) -> str | None:
@@ -162,10 +163,20 @@ def parse(cfg: DictConfig, hydra: DictConfig, model_args: list[str] | None = Non
         raise TagrankError(f"finetune={cfg.finetune} and experiment={experiment} both choose an experiment config "
                            "for the fine-tuning runs: pass one of them")
     target = str(OmegaConf.select(hydra, "launcher._target_", default="") or "")
+    protocol = [] if cfg.quick or experiment or cfg.aggregate else protocol_settings(cfg.protocol, data, passthrough)
     return Plan(data=data, logger=str(choices["logger"]), methods=methods, seeds=cfg.seeds, quick=cfg.quick,
                 results=cfg.results, sweep_dir=cfg.sweep_dir, aggregate=cfg.aggregate, finetune=str(cfg.finetune),
                 jobs=jobs, reference=str(cfg.reference), slurm=target.endswith("SlurmLauncher"),
-                experiment=experiment, passthrough=[a for a in passthrough if a.partition("=")[0] not in ("data", "logger")])
+                experiment=experiment, passthrough=[a for a in passthrough if a.partition("=")[0] not in ("data", "logger")],
+                protocol=protocol)
+
+
+def protocol_settings(protocol: DictConfig, data: str, given: list[str]) -> list[str]:
+    """``protocol``'s settings for ``data`` (table1.yaml) that the command line does not set itself: a row of
+    the reference table and a user's own ``backbone=...`` or ``backbone.image_size=...`` must not both apply."""
+    settings = [str(s) for s in (protocol or {}).get(data, None) or []]
+    keys = {a.partition("=")[0].lstrip("+~") for a in given}
+    return [s for s in settings if s.partition("=")[0].lstrip("+~") not in keys]
 
 
 def refuse_unused_with_aggregate(arguments: list[str], allowed: tuple[str, ...]) -> None:
@@ -271,7 +282,9 @@ def launch(plan: Plan, sweep_dir: Path) -> None:
     common = [f"data={plan.data}", f"logger={plan.logger}", "trainer.enable_progress_bar=false"]
     if plan.logger == "wandb":
         common.append(f"logger.wandb.group={wandb_group(plan.data, sweep_dir)}")
-    after = (QUICK if plan.quick else []) + plan.passthrough
+    after = (QUICK if plan.quick else []) + plan.protocol + plan.passthrough
+    if plan.protocol:
+        log.info("%s's protocol (table1.yaml, protocol.%s): %s", plan.data, plan.data, " ".join(plan.protocol))
 
     def command(members: list[str], run_seeds: list[int], folder: str, extra: list[str]) -> list[str]:
         return [train, "-m", f"model={','.join(members)}", f"seed={','.join(map(str, run_seeds))}", *common,

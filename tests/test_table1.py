@@ -255,7 +255,7 @@ def plan(*overrides: str):
 def test_recurrent_methods_get_their_finetuning_schedule():
     table1 = table1_module()
     assert table1.rnn_overrides(plan()) == ["experiment=synthetic_finetune"]
-    assert table1.rnn_overrides(plan("data=flickr8k")) == ["experiment=flickr8k_finetune"]
+    assert table1.rnn_overrides(plan("data=flickr8k")) == ["experiment=flickr8k_frozen"]
     assert table1.rnn_overrides(plan("quick=true")) == []
     assert table1.rnn_overrides(plan("data=pascal07")) == []  # the model config's own 7500 steps
     assert table1.rnn_overrides(plan("finetune=none")) == ["model.finetune_after_steps=0"]
@@ -264,6 +264,33 @@ def test_recurrent_methods_get_their_finetuning_schedule():
     chosen = plan("experiment=paper_pascal07", "trainer.max_epochs=3")
     assert table1.rnn_overrides(chosen) == [] and chosen.data == "pascal07"
     assert chosen.passthrough == ["experiment=paper_pascal07", "trainer.max_epochs=3"]
+
+
+def test_a_data_sets_protocol_goes_to_every_run_unless_the_command_line_says_otherwise():
+    table1 = table1_module()
+    reference = [str(s) for s in OmegaConf.load(Path(CONF_DIR) / "table1.yaml").protocol.flickr8k]
+    assert reference and plan("data=flickr8k").protocol == reference
+    assert plan().protocol == [] and plan("data=pascal07").protocol == []  # only Flickr8k has one
+    assert plan("data=flickr8k", "protocol=null").protocol == []
+    assert plan("data=flickr8k", "experiment=flickr8k_finetune").protocol == []  # the experiment is the protocol
+    own = [s.partition("=")[0] + "=efficientnet_lite0" for s in reference if s.startswith("backbone=")]
+    assert own and plan("data=flickr8k", *own).protocol == [s for s in reference if not s.startswith("backbone=")]
+    sweep = Path("/tmp/sweep")
+    lines = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(table1, "run_all", lambda group, jobs, sweep_dir, threads: lines.extend(c for j in jobs for c in j))
+        table1.launch(plan("data=flickr8k", "methods=[svm,scorer]", "reference=svm", "trainer.max_steps=7"), sweep)
+    for line in lines:  # the protocol before the user's settings: the user's own trainer.max_steps stands
+        assert line[-len(reference) - 1:] == [*reference, "trainer.max_steps=7"], line
+    assert any("experiment=flickr8k_frozen" in line for line in lines)
+
+
+def test_flickr8k_frozen_keeps_the_backbone_frozen_through_the_finetune_schedule():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        frozen = compose(config_name="train", overrides=["experiment=flickr8k_frozen", "model=lstm", "data=flickr8k"])
+        staged = compose(config_name="train", overrides=["experiment=flickr8k_finetune", "model=lstm", "data=flickr8k"])
+    assert frozen.model.finetune_after_steps == 0 and staged.model.finetune_after_steps > 0
+    assert frozen.trainer == staged.trainer and frozen.callbacks == staged.callbacks
 
 
 def test_settings_are_read_from_the_composed_config():
