@@ -25,6 +25,11 @@ Figures (issue 14):
                 reference functions
   memory        peak resident memory of a short fine-tuning run (both caches) against the caches' size;
                 on Flickr8k when its converter and ../shared/data/flickr8k are there, else synthetic
+  label_query   one training step of ``model=label_query`` (loss, backward, fused Adam) at batch 16 on random
+                maps (Flickr8k's shape: V = 451 tags, 1280 x 4 x 4 maps, the config's d_model 256), without the
+                self-attention among the tag queries (the default) against with it (``self_attention=true``);
+                and (``label_query_groups``) with ML-Decoder's group decoding (``groups=100``) against one query
+                per tag (issue 24)
   convert       COCO conversion (benchmarks/bench_coco.py at --coco-images generated images) and the
                 real Flickr8k's (skipped when ../shared/data/flickr8k is absent), against json.load
 
@@ -393,6 +398,43 @@ def bench_metrics(repeats: int, n: int = 10_000) -> dict[str, dict]:
     return {"metrics": figure(r["ours"], "s", r["reference"], r["reference"] / r["ours"], "< 0.5 s", r["ours"] < 0.5)}
 
 
+# -- 4b. the label-query decoder ---------------------------------------------------------------------------
+def bench_label_query(repeats: int, num_tags: int = 451, groups: int = 100) -> dict[str, dict]:
+    """Seconds a step, each variant's steps taking turns (``4 * repeats`` rounds of one step each: 20 by
+    default); the lists are random distinct tags, 1-10 of them, as Flickr8k's merged lists."""
+    from tagrank.models.label_query import LabelQueryDecoder
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(BATCH, 1280, 4, 4, generator=g).half()  # as the map cache holds them
+    target = torch.full((BATCH, 10), -1, dtype=torch.long)
+    for i in range(BATCH):
+        k = int(torch.randint(1, 11, (1,), generator=g))
+        target[i, :k] = torch.randperm(num_tags, generator=g)[:k]
+    batch = {"features": maps, "target": target}
+
+    def step_of(**settings) -> Callable[[], float]:
+        torch.manual_seed(0)
+        model = LabelQueryDecoder(num_tags, **settings).train()
+        optimizer = model.configure_optimizers()
+
+        def run() -> float:
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            model.loss(batch).backward()
+            optimizer.step()
+            return time.perf_counter() - start
+
+        return run
+
+    r = interleaved({"self_attention": step_of(self_attention=True), "cross_only": step_of(),
+                     "groups": step_of(groups=groups)}, 4 * repeats)
+    rate = {k: BATCH / v for k, v in r.items()}
+    return {"label_query_step": figure(rate["cross_only"], "samples/s", rate["self_attention"],
+                                       rate["cross_only"] / rate["self_attention"], None, None),
+            "label_query_groups": figure(rate["groups"], "samples/s", rate["cross_only"],
+                                                  rate["groups"] / rate["cross_only"], None, None)}
+
+
 # -- 6. memory --------------------------------------------------------------------------------------------
 def flickr8k_available() -> str | None:
     """Why the Flickr8k memory figure cannot run here, or None when it can."""
@@ -444,7 +486,7 @@ def show(name: str, f: dict) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--only", default="head,extract,finetune,finetune_blocks,metrics,memory,convert")
+    p.add_argument("--only", default="head,extract,finetune,finetune_blocks,metrics,label_query,memory,convert")
     p.add_argument("--finetune-blocks", type=int, default=5, help="N of the finetune_blocks figures (5: Lite0's "
                    "blocks at 1/32 of the image size)")
     p.add_argument("--coco-images", type=int, default=30_000, help="generated COCO training images (118287: full size)")
@@ -486,6 +528,8 @@ def measure(a: argparse.Namespace) -> int:
             add(bench_finetune_blocks(setup, a.repeats, a.finetune_blocks))
     if "metrics" in only:
         add(bench_metrics(a.repeats))
+    if "label_query" in only:
+        add(bench_label_query(a.repeats))
     if "memory" in only:
         add(bench_memory([], "synthetic"))
         why = flickr8k_available()

@@ -261,3 +261,18 @@ def test_bench_writes_each_figure_with_its_baseline_and_ratio(tmp_path):
     at = {size: bench.backbone_flops(model, torch.zeros(1, 3, size, size, dtype=torch.uint8)) for size in (128, 256)}
     assert at[256] == pytest.approx(4 * at[128], rel=1e-6)  # sides divisible by the network's stride of 32
     assert bench.matmul_flops(256, 2) > 1e8
+
+
+def test_the_label_query_figures_time_each_layer_against_its_baseline():
+    """``make bench``'s label_query figures (on few tags here): each variant's step, as samples/s, against
+    the layer it replaces (no timing asserted: the figures' consistency only)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    figures = bench.bench_label_query(1, num_tags=12, groups=5)
+    step, groups = figures["label_query_step"], figures["label_query_groups"]
+    assert step["unit"] == groups["unit"] == "samples/s" and groups["baseline"] == step["value"]
+    for f in (step, groups):
+        assert f["ratio"] == pytest.approx(f["value"] / f["baseline"], rel=0.01)
