@@ -8,7 +8,7 @@
 
 1. Runs every method x seed as Hydra multiruns of the real ``tagrank-train``
    (``tagrank-train -m model=svm,svm_rank,frequency seed=0 data=<data> hydra.sweep.dir=<sweep>/frozen``);
-   then the methods that fine-tune (lstm, naive_rnn, naive_rnn_captioning, scorer) with their staged
+   then the methods that fine-tune (lstm, the Naive-RNNs, the scorers, lstm_attention, label_query) with their staged
    schedule (``finetune``, below), as ``jobs`` multiruns at once into ``<sweep>/finetuned-<N>``, as in
    the paper: the SVMs are trained on the frozen CNN's features, the RNNs fine-tune it. Every
    tagrank-train setting given (``data=``, ``logger=``, ``experiment=``, ``launcher=``,
@@ -19,7 +19,7 @@
    with every method's list, sortable by NDCG and by the difference between two methods), and logs
    them to an "aggregate" run of the chosen logger (wandb: offline unless WANDB_MODE=online).
 
-Settings: ``tagrank/conf/table1.yaml`` (``train.yaml`` and methods, seeds, quick, results, sweep_dir,
+Settings: ``tagrank/conf/table1.yaml`` (``train.yaml`` and methods, quick_methods, seeds, quick, results, sweep_dir,
 aggregate, finetune, jobs, reference, each explained there), composed by Hydra as tagrank's commands are,
 so a misspelt setting is refused before anything runs. The data, logger and launcher are the composed
 config's choices (``data=``, ``logger=``, ``launcher=``, or an ``experiment=`` that picks them).
@@ -58,7 +58,8 @@ from tagrank.errors import TagrankError
 log = logging.getLogger("tagrank")
 
 # This script's settings (tagrank/conf/table1.yaml); every other one given is tagrank-train's and goes to the runs.
-SETTINGS = ("methods", "seeds", "quick", "results", "sweep_dir", "aggregate", "finetune", "jobs", "reference", "protocol")
+SETTINGS = ("methods", "quick_methods", "seeds", "quick", "results", "sweep_dir", "aggregate", "finetune", "jobs",
+            "reference", "protocol")
 # Chosen here for each run (model=<methods>, seed=<0..seeds-1>, hydra.sweep.dir=<sweep>/<group>): the way to
 # set them is the setting beside each.
 MADE_HERE = {"model": "methods=[...]", "seed": "seeds=<how many>", "hydra.sweep.dir": "sweep_dir=<folder>"}
@@ -154,7 +155,9 @@ def parse(cfg: DictConfig, hydra: DictConfig, model_args: list[str] | None = Non
     data = str(choices["data"])
     if cfg.quick and data != "synthetic":
         raise TagrankError("quick=true shrinks the synthetic data; it does not apply to data=" + data)
-    methods = method_list(cfg.methods) if not cfg.aggregate else []
+    # quick=true runs quick_methods, a short list that keeps the smoke run short, unless methods= is given
+    given = any(a.partition("=")[0].lstrip("+~") == "methods" for a in typed)
+    methods = [] if cfg.aggregate else method_list(cfg.quick_methods if cfg.quick and not given else cfg.methods)
     if not cfg.aggregate and cfg.reference not in methods:  # said now, not after the runs
         raise TagrankError(f"reference={cfg.reference} (the method of the paired difference column) is not among "
                            f"methods=[{','.join(methods)}]: add it, or pass reference={methods[0]}")

@@ -1,10 +1,12 @@
 """Sweeps, cluster launches, DDP, the W&B dashboard and runs that survive being killed, for real and tiny.
 
-Fast: an Optuna sweep that continues from its database and survives diverged trials, a submitit_local
+Fast: an Optuna sweep that continues from its database and survives diverged trials, every search config's
+values checked against its model and the label-query search run for real (2 trials), a submitit_local
 launch of a grid sweep, a W&B offline run read back from its files (and continued after a resume), a
 diverged run that stops cleanly, and the launcher configs turned into a real sbatch script.
 Slow (``-m slow``): DDP with 2 CPU processes against 1 process, a run killed with SIGKILL mid-epoch
-and resumed, and a SLURM-style preemption (SIGUSR1, checkpoint, requeue, restart).
+and resumed, a SLURM-style preemption (SIGUSR1, checkpoint, requeue, restart), and the scorer's and the
+attention LSTM's searches run for real.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tagrank import CONF_DIR
+from tagrank.config import check_node
 from tagrank.errors import TagrankError
 from tagrank.cli.train import main as train_main
 from tagrank.cli.train import train
@@ -108,6 +111,76 @@ def test_an_optuna_search_in_which_every_trial_fails_ends_in_one_line(cli_env, t
     assert out.count("Failed experiment") == 2 and "`max_steps` must be a non-negative integer" in out
     assert proc.stderr.strip().splitlines()[-1] == ("tagrank: error: no trial of the search completed (each one's "
                                                     "error is above): there is no best one to report")
+
+
+SEARCHES = sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search").glob("*.yaml"))
+
+
+def search_space(search: str) -> dict:
+    """A search config's ``hydra.sweeper.params``: each setting and its sweep (choice or interval), parsed as
+    the Optuna sweeper parses them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.load(Path(CONF_DIR) / "hparams_search" / f"{search}.yaml").hydra.sweeper.params
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return {o.key_or_group: o.value() for o in parsed}
+
+
+def test_every_search_has_the_same_budget():
+    """The methods are compared after tuning (issue 24: the new methods and the scorer on the same budget)."""
+    assert {"lstm_optuna", "scorer_optuna", "lstm_attention_optuna", "label_query_optuna"} <= set(SEARCHES)
+    trials = {s: OmegaConf.load(Path(CONF_DIR) / "hparams_search" / f"{s}.yaml").hydra.sweeper.n_trials for s in SEARCHES}
+    assert len(set(trials.values())) == 1, trials
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_every_value_a_search_can_propose_is_a_setting_its_model_takes(search, tmp_path):
+    """Each choice and each end of each interval, composed into the search's model and checked against its
+    class: a loss the model does not have (lambdaloss for the attention LSTM) fails here, not in trial 7."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
+
+    space = search_space(search)
+    assert all(key.startswith("model.") for key in space)
+    values = {}
+    for key, sweep in space.items():
+        values[key] = sweep.list if isinstance(sweep, ChoiceSweep) else [sweep.start, sweep.end]
+        assert isinstance(sweep, (ChoiceSweep, IntervalSweep)) and values[key], key
+    for i in range(max(map(len, values.values()))):  # every value at least once, all settings in one compose
+        chosen = [f"{key}={vals[min(i, len(vals) - 1)]}" for key, vals in values.items()]
+        cfg = compose_cfg([f"hparams_search={search}", *chosen], tmp_path, tmp_path)
+        check_node(cfg.model, "model")
+
+
+# The searches' widths, narrowed for a run of seconds (the sweep still proposes every searched setting).
+NARROW = {"scorer_optuna": ["model.hidden_size=choice(16,32)"],
+          "lstm_attention_optuna": ["model.hidden_size=choice(16,32)", "model.proj_dim=choice(8,16)",
+                                    "model.attention_dim=choice(8,16)", "model.grid=2"],
+          "label_query_optuna": ["model.d_model=choice(16,32)", "model.grid=2"]}
+
+
+# 16-22 s each on 2 loaded cores: the label-query search (the newest model, the widest space) in the fast
+# suite, the other two with -m slow (the value check above covers all of them in the fast suite).
+@pytest.mark.parametrize("search", [pytest.param("scorer_optuna", marks=pytest.mark.slow),
+                                    pytest.param("lstm_attention_optuna", marks=pytest.mark.slow),
+                                    pytest.param("label_query_optuna")])
+def test_a_search_runs_two_real_trials(search, cli_env, tmp_path):
+    """The search configs the Optuna sweeper (optuna 2.x) really runs: two trials on the tiny synthetic set,
+    each a complete run, every searched setting proposed, the best of them reported."""
+    db = tmp_path / "optuna.db"
+    ok(run_cli([f"hparams_search={search}", f"hydra.sweeper.storage=sqlite:///{db}", "hydra.sweeper.study_name=t",
+                "hydra.sweeper.n_trials=2", *TINY, "model.finetune_after_steps=0", "trainer.max_epochs=1",
+                *NARROW[search]], cli_env, tmp_path))
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert all(set(t.params) == set(search_space(search)) for t in study.trials)
+    (sweep,) = sweep_dirs(Path(cli_env["TAGRANK_LOGS"]))
+    for job in ("0", "1"):
+        assert (sweep / job / "metrics.json").is_file()
+        assert OmegaConf.load(sweep / job / ".hydra/config.yaml").model._target_.endswith(
+            {"scorer_optuna": "ListwiseScorer", "lstm_attention_optuna": "LSTMAttention",
+             "label_query_optuna": "LabelQueryDecoder"}[search])
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(t.value for t in study.trials))
 
 
 # -- submitit (the SLURM launch path, on this machine) ----------------------------------------------

@@ -301,13 +301,34 @@ def test_settings_are_read_from_the_composed_config():
     # data= and logger= are set apart (every run gets them first); Hydra's own settings go to the runs too
     assert given.passthrough == ["data.noise=0.3", "launcher=local", "hydra.launcher.timeout_min=5"]
     assert plan("methods=lstm").methods == ["lstm"]
-    assert plan().methods == ["lstm", "svm", "svm_rank", "naive_rnn", "naive_rnn_captioning", "scorer", "frequency"]
+    paper = ["lstm", "svm", "svm_rank", "naive_rnn", "naive_rnn_captioning", "scorer", "frequency"]
+    assert plan().methods == [*paper, "scorer_lambdaloss", "lstm_attention"]  # label_query: by methods= only
+    assert plan("data=flickr8k").methods == plan().methods  # make table1 DATA=flickr8k: every method
+    # quick=true runs the short list unless methods= is given (a smoke run of minutes)
+    assert plan("quick=true").methods == paper
+    assert plan("quick=true", "methods=[lstm,label_query]").methods == ["lstm", "label_query"]
+    assert plan("quick=true", "quick_methods=[lstm,svm]").methods == ["lstm", "svm"]
+    with pytest.raises(TagrankError, match=r"^methods=\[lstm,nosuch\]: expected a list of"):
+        plan("quick=true", "quick_methods=[lstm,nosuch]")
     # SLURM is the composed launcher, however it was chosen
     assert plan("launcher=slurm").slurm and not plan("launcher=local").slurm
     assert plan("hydra/launcher=submitit_slurm").slurm
     assert table1.comma_list(["seeds=2", "methods=scorer,svm"]) == \
         "methods=scorer,svm: a list is written methods=[scorer,svm] (Hydra's list form)"
     assert table1.comma_list(["methods=[scorer,svm]", "data.noise=0.1"]) is None
+
+
+def test_every_default_method_has_a_label_and_the_paper_rows_come_first():
+    """Table 1's rows: each default method under a name a reader knows (not its config name), the paper's
+    methods and the frequency floor first, then the methods of this project."""
+    from tagrank.report import methods as names
+
+    default = [*plan().methods, "label_query"]
+    assert all(names.label(m) != m for m in default), [m for m in default if names.label(m) == m]
+    rows = sorted(default, key=names.row_order)
+    paper = {"frequency", *names.PAPER["pascal07"]}
+    assert set(rows[:len(paper)]) == paper
+    assert rows[len(paper):] == ["scorer", "scorer_lambdaloss", "lstm_attention", "label_query"]
 
 
 def launched(monkeypatch, tmp_path, *overrides: str) -> list[list[list[list[str]]]]:
@@ -357,7 +378,8 @@ def test_recurrent_runs_are_shared_between_concurrent_jobs():
     (["methods=[frequency,svm]"], "reference=lstm (the method of the paired difference column) is not among "
                                   "methods=[frequency,svm]: add it, or pass reference=frequency"),
     (["methods=[lstm,nosuch]"], "methods=[lstm,nosuch]: expected a list of frequency, label_query, lstm, lstm_attention, lstm_tuned, "
-                                "naive_rnn, naive_rnn_captioning, scorer, scorer_tuned, svm, svm_rank (methods=[lstm,svm])"),
+                                "naive_rnn, naive_rnn_captioning, scorer, scorer_lambdaloss, scorer_tuned, svm, svm_rank "
+                                "(methods=[lstm,svm])"),
     (["methods='scorer,svm'"], "methods=scorer,svm: a list is written methods=[scorer,svm] (Hydra's list form)"),
     (["model=svm"], "model=svm: table1 sets model for each run; pass methods=[...]"),
     (["seed=1"], "seed=1: table1 sets seed for each run; pass seeds=<how many>"),
@@ -419,7 +441,7 @@ def test_table1_quick_end_to_end(tmp_path, cli_env):
     for name in ("table1.md", "table1.csv", "curves.csv", "fig3.png", "fig4.png", "report.html"):
         assert (out / name).is_file(), name
     table = {r["method"]: r for r in csv.DictReader((out / "table1.csv").open())}
-    assert set(table) == set(OmegaConf.load(Path(CONF_DIR) / "table1.yaml").methods)  # the configured default
+    assert set(table) == set(OmegaConf.load(Path(CONF_DIR) / "table1.yaml").quick_methods)  # quick's default
     # the deterministic solves run seed 0 only (table1.DETERMINISTIC), the others both seeds
     assert {m: r["seeds"] for m, r in table.items()} == {m: "1" if m in table1_module().DETERMINISTIC else "2" for m in table}
     for method in ("lstm", "svm", "svm_rank", "naive_rnn"):  # every learned method clears the floor

@@ -19,8 +19,9 @@ PAPER = {
 LABELS = {"frequency": "Frequency prior", "svm": "SVM", "svm_rank": "SVM-rank",
           "naive_rnn_captioning": "Naive-RNN (captioning)", "naive_rnn": "Naive-RNN + masking",
           "lstm": "Ours (LSTM)", "lstm_tuned": "Ours (LSTM), tuned", "scorer": "Listwise scorer (new)",
-          "scorer_tuned": "Listwise scorer, tuned", "lstm_attention": "Ours (LSTM) + attention over the map"}
-ORDER = list(LABELS)  # the paper's row order, the floor first
+          "scorer_tuned": "Listwise scorer, tuned", "scorer_lambdaloss": "Listwise scorer, LambdaLoss",
+          "lstm_attention": "Ours (LSTM) + attention over the map", "label_query": "Label-query decoder"}
+ORDER = list(LABELS)  # the paper's row order, the floor first; then the methods of this project
 REFERENCE = "lstm"  # the method the others are compared with, image by image
 
 
