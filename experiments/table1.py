@@ -166,7 +166,10 @@ def parse(cfg: DictConfig, hydra: DictConfig, model_args: list[str] | None = Non
         raise TagrankError(f"finetune={cfg.finetune} and experiment={experiment} both choose an experiment config "
                            "for the fine-tuning runs: pass one of them")
     target = str(OmegaConf.select(hydra, "launcher._target_", default="") or "")
-    protocol = [] if cfg.quick or experiment or cfg.aggregate else protocol_settings(cfg.protocol, data, passthrough)
+    protocol = [] if cfg.quick or cfg.aggregate else protocol_settings(cfg.protocol, data, passthrough)
+    if protocol and experiment:  # an experiment config is a protocol of its own
+        log.info("protocol.%s (%s) not applied: experiment=%s says the protocol", data, " ".join(protocol), experiment)
+        protocol = []
     return Plan(data=data, logger=str(choices["logger"]), methods=methods, seeds=cfg.seeds, quick=cfg.quick,
                 results=cfg.results, sweep_dir=cfg.sweep_dir, aggregate=cfg.aggregate, finetune=str(cfg.finetune),
                 jobs=jobs, reference=str(cfg.reference), slurm=target.endswith("SlurmLauncher"),
@@ -175,11 +178,21 @@ def parse(cfg: DictConfig, hydra: DictConfig, model_args: list[str] | None = Non
 
 
 def protocol_settings(protocol: DictConfig, data: str, given: list[str]) -> list[str]:
-    """``protocol``'s settings for ``data`` (table1.yaml) that the command line does not set itself: a row of
-    the reference table and a user's own ``backbone=...`` or ``backbone.image_size=...`` must not both apply."""
+    """``protocol``'s settings for ``data`` (table1.yaml) that the command line leaves alone. A setting given
+    for the same key or anything under it takes that key over: ``backbone.image_size=224`` asks for the
+    default backbone at 224 px (as the commands recorded before the protocol did), not the protocol's
+    backbone at 224, so the protocol's ``backbone=...`` is dropped; each one dropped is said in the log."""
     settings = [str(s) for s in (protocol or {}).get(data, None) or []]
     keys = {a.partition("=")[0].lstrip("+~") for a in given}
-    return [s for s in settings if s.partition("=")[0].lstrip("+~") not in keys]
+    kept = []
+    for setting in settings:
+        key = setting.partition("=")[0].lstrip("+~")
+        taken = sorted(k for k in keys if k == key or k.startswith(key + "."))
+        if taken:
+            log.info("protocol.%s: %s not applied, the command line sets %s", data, setting, " ".join(taken))
+        else:
+            kept.append(setting)
+    return kept
 
 
 def refuse_unused_with_aggregate(arguments: list[str], allowed: tuple[str, ...]) -> None:

@@ -42,7 +42,7 @@ EXEMPT = {
     "seed=1": "needs 4 GPUs on a SLURM node; tests/test_scaling.py runs DDP on 2 CPU processes",
     "tagrank-train hparams_search=lstm_optuna launcher=slurm hydra.sweeper.n_jobs=8":
         "an Optuna study on a SLURM cluster; tests/test_scaling.py runs a study, tests/test_slurm.py SLURM sweeps",
-    "make table1": "every method x 3 seeds (an hour on 2 cores for the seven of docs/results.md; the three of "
+    "make table1": "every method x 3 seeds (an hour on 2 cores for the seven of docs/results.md; the two of "
                    "issue 24 add to it); tests/test_table1.py runs the pipeline small",
     "make table1 DATA=flickr8k ARGS=\"data.root=../shared/data/flickr8k\"": "hours on 2 cores, as make table1",
     "make table1 DATA=pascal07 ARGS=\"data.root=... data.tags=...\"": "needs the VOC 2007 devkit; hours",

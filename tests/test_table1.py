@@ -274,7 +274,11 @@ def test_a_data_sets_protocol_goes_to_every_run_unless_the_command_line_says_oth
     assert plan("data=flickr8k", "protocol=null").protocol == []
     assert plan("data=flickr8k", "experiment=flickr8k_finetune").protocol == []  # the experiment is the protocol
     own = [s.partition("=")[0] + "=efficientnet_lite0" for s in reference if s.startswith("backbone=")]
-    assert own and plan("data=flickr8k", *own).protocol == [s for s in reference if not s.startswith("backbone=")]
+    rest = [s for s in reference if not s.startswith("backbone=")]
+    assert own and plan("data=flickr8k", *own).protocol == rest
+    # a key under the protocol's takes it over: the default backbone at 224 px, not the protocol's at 224
+    assert plan("data=flickr8k", "backbone.image_size=224").protocol == rest
+    assert plan("data=flickr8k", "backbone.weights=/w.pth").protocol == rest
     sweep = Path("/tmp/sweep")
     lines = []
     with pytest.MonkeyPatch.context() as mp:
