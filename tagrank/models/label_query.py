@@ -95,8 +95,10 @@ class LabelQueryDecoder(ListwiseTagger):
         # Query t mod Q reads out tag t (with groups: round-robin, so every query has ceil(V/Q) or one
         # fewer tags; ML-Decoder's consecutive blocks would leave the last queries no tag at all, e.g. 9
         # of 100 for 451 tags). The outputs past V of the queries with one tag fewer are cut off.
+        # Stored flat, row t reading out tag t (then the padding rows), so with groups=null it is [V, d] as in
+        # every checkpoint written before groups existed; forward() views it as [per_query, Q, d].
         self.per_query = math.ceil(num_tags / queries)
-        self.read_out = nn.Parameter(torch.randn(queries, self.per_query, d_model) * d_model ** -0.5)
+        self.read_out = nn.Parameter(torch.randn(self.per_query * queries, d_model) * d_model ** -0.5)
         self.read_bias = nn.Parameter(torch.zeros(num_tags))
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -108,5 +110,6 @@ class LabelQueryDecoder(ListwiseTagger):
         else:
             for layer in self.decoder:
                 out = layer(out, cells)
-        scores = (out.unsqueeze(2) * self.read_out).sum(-1)  # [B, Q, per_query]: slot j of query q is tag j*Q + q
-        return scores.transpose(1, 2).flatten(1)[:, :self.num_tags] + self.read_bias
+        read_out = self.read_out.view(self.per_query, out.shape[1], -1)  # [per_query, Q, d]: [j, q] is tag j*Q + q
+        scores = (out.unsqueeze(1) * read_out).sum(-1)  # [B, per_query, Q]
+        return scores.flatten(1)[:, :self.num_tags] + self.read_bias
