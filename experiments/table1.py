@@ -101,13 +101,16 @@ class Plan:
     protocol: list[str] = field(default_factory=list)     # the data's protocol settings not overridden (protocol_settings)
 
 
+LISTS = ("methods", "quick_methods")  # the settings that are lists of model config names
+
+
 def comma_list(argv: list[str]) -> str | None:
-    """The one line for ``methods=a,b`` (the hand-parsed form before Hydra), which Hydra would call an
-    ambiguous sweep in three lines: say the list form it takes now."""
+    """The one line for ``methods=a,b`` (the hand-parsed form before Hydra; ``quick_methods=a,b`` alike),
+    which Hydra would call an ambiguous sweep in three lines: say the list form it takes now."""
     for arg in argv:
         key, _, value = arg.partition("=")
-        if key == "methods" and "," in value and not value.lstrip().startswith("["):
-            return f"{arg}: a list is written methods=[{value.strip(chr(39) + chr(34))}] (Hydra's list form)"
+        if key in LISTS and "," in value and not value.lstrip().startswith("["):
+            return f"{arg}: a list is written {key}=[{value.strip(chr(39) + chr(34))}] (Hydra's list form)"
     return None
 
 
@@ -123,15 +126,16 @@ def model_settings(argv: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in argv if a not in model], model
 
 
-def method_list(value: object) -> list[str]:
-    """``methods``: a list of model config names, or one name (``methods=lstm``)."""
+def method_list(value: object, name: str = "methods") -> list[str]:
+    """``methods`` (or ``quick_methods``, the ``name`` a bad value is reported under): a list of model config
+    names, or one name (``methods=lstm``)."""
     if isinstance(value, str) and "," in value:
-        raise TagrankError(comma_list([f"methods={value}"]) or "")
+        raise TagrankError(comma_list([f"{name}={value}"]) or "")
     methods = [str(m) for m in (value if isinstance(value, (list, ListConfig)) else [value]) if m]
     known = config_options("model")
     if not methods or set(methods) - set(known):
-        raise TagrankError(f"methods={value if isinstance(value, str) else '[' + ','.join(methods) + ']'}: expected "
-                           f"a list of {', '.join(known)} (methods=[lstm,svm])")
+        raise TagrankError(f"{name}={value if isinstance(value, str) else '[' + ','.join(methods) + ']'}: expected "
+                           f"a list of {', '.join(known)} ({name}=[lstm,svm])")
     return methods
 
 
@@ -155,12 +159,18 @@ def parse(cfg: DictConfig, hydra: DictConfig, model_args: list[str] | None = Non
     data = str(choices["data"])
     if cfg.quick and data != "synthetic":
         raise TagrankError("quick=true shrinks the synthetic data; it does not apply to data=" + data)
-    # quick=true runs quick_methods, a short list that keeps the smoke run short, unless methods= is given
-    given = any(a.partition("=")[0].lstrip("+~") == "methods" for a in typed)
-    methods = [] if cfg.aggregate else method_list(cfg.quick_methods if cfg.quick and not given else cfg.methods)
+    # quick=true runs quick_methods, a short list that keeps the smoke run short, unless methods= is given;
+    # a quick_methods= given where it would change nothing is refused, not ignored
+    given = {a.partition("=")[0].lstrip("+~"): a for a in typed}
+    if "quick_methods" in given and not cfg.aggregate and (not cfg.quick or "methods" in given):
+        raise TagrankError(f"{given['quick_methods']}: the list quick=true runs, so here it would change nothing: "
+                           + ("pass one of methods= and quick_methods=" if cfg.quick else
+                              "add quick=true, or pass methods=[...]"))
+    name = "quick_methods" if cfg.quick and "methods" not in given else "methods"
+    methods = [] if cfg.aggregate else method_list(cfg[name], name)
     if not cfg.aggregate and cfg.reference not in methods:  # said now, not after the runs
         raise TagrankError(f"reference={cfg.reference} (the method of the paired difference column) is not among "
-                           f"methods=[{','.join(methods)}]: add it, or pass reference={methods[0]}")
+                           f"{name}=[{','.join(methods)}]: add it, or pass reference={methods[0]}")
     experiment = choices.get("experiment")
     if experiment and cfg.finetune not in ("auto", "none"):
         raise TagrankError(f"finetune={cfg.finetune} and experiment={experiment} both choose an experiment config "

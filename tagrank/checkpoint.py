@@ -37,6 +37,11 @@ FINETUNED_KEY = "backbone_finetuned"  # in state_dict (RankedTagger's buffer)
 # Settings renamed since checkpoints first kept them (old name -> new): an older checkpoint's settings are read
 # under the new name, so resuming it compares like with like (data.image_size became data.render_size, issue 25).
 RENAMED_SETTINGS = {"data.image_size": "data.render_size"}
+# Hyperparameters a model gained since its checkpoints were first written (its class -> {name: the value every
+# checkpoint written before had}), where today's default is another: an older checkpoint is rebuilt (eval, predict,
+# export: RankedTagger.load_from_checkpoint) and compared on resume (trained_with) with the value it was trained
+# with. label_query's layer was nn.TransformerDecoderLayer's (self-attention among the tag queries) until 3a82a8b.
+ADDED_HPARAMS = {"tagrank.models.label_query.LabelQueryDecoder": {"self_attention": True, "groups": None}}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -84,10 +89,18 @@ def inputs(saved: dict) -> tuple[list[str], int] | None:
     return list(entry["tags"]), int(entry["image_size"])
 
 
+def hyperparameters(saved: dict) -> dict[str, Any]:
+    """A checkpoint's model hyperparameters, with those its class gained since (:data:`ADDED_HPARAMS`) at the
+    value they had when it was written, where it lacks them."""
+    written = dict(saved.get("hyper_parameters") or {})
+    return {**ADDED_HPARAMS.get(saved.get(CLASS_KEY), {}), **written}
+
+
 def trained_with(saved: dict) -> dict[str, Any]:
-    """The settings a checkpoint was trained with: ``model.<hparam>``, and the ``data.*``, ``backbone.*``
-    and ``seed`` of :class:`RunSettings` (absent from a checkpoint written before they were kept)."""
-    there = {f"model.{k}": v for k, v in (saved.get("hyper_parameters") or {}).items()}
+    """The settings a checkpoint was trained with: ``model.<hparam>`` (:func:`hyperparameters`), and the
+    ``data.*``, ``backbone.*`` and ``seed`` of :class:`RunSettings` (absent from a checkpoint written before
+    they were kept)."""
+    there = {f"model.{k}": v for k, v in hyperparameters(saved).items()}
     there.update(saved.get(SETTINGS_KEY) or {})
     for old, new in RENAMED_SETTINGS.items():
         if there.get(old) is not None and new not in there:  # written before the rename

@@ -61,6 +61,8 @@ def untrained(method: str) -> torch.nn.Module:
         return ListwiseScorer(NUM_TAGS, top_k=TOP_K)
     if method == "label_query":
         return LabelQueryDecoder(NUM_TAGS, top_k=TOP_K, grid=2, layers=2)
+    if method == "label_query_self_attention":  # the old layer, nn.TransformerDecoder (model.self_attention=true)
+        return LabelQueryDecoder(NUM_TAGS, top_k=TOP_K, grid=1, self_attention=True)
     if method == "label_query_groups":  # grid 1: the 1x1 map at SIZE px exports to ONNX too
         return LabelQueryDecoder(NUM_TAGS, top_k=TOP_K, grid=1, groups=5)
     if method == "naive_rnn_ending":  # a captioning decoder whose lists all end at once: all -1, scores 0
@@ -83,6 +85,7 @@ SLOW = pytest.mark.slow
     ("frequency", ["torchscript"]), ("naive_rnn_captioning", ["torchscript", "onnx"]),
     ("naive_rnn_ending", ["torchscript"]), ("lstm_beam", ["torchscript"]), ("scorer", ["torchscript"]),
     ("label_query", ["torchscript"]), ("label_query_groups", ["torchscript", "onnx"]),
+    ("label_query_self_attention", ["torchscript", "onnx"]),
     pytest.param("naive_rnn_beam", ["torchscript"], marks=SLOW), pytest.param("scorer", ["onnx"], marks=SLOW),
     pytest.param("naive_rnn_masked", ["onnx"], marks=SLOW), pytest.param("svm", ["onnx"], marks=SLOW),
     pytest.param("frequency", ["onnx"], marks=SLOW),

@@ -312,14 +312,18 @@ def test_settings_are_read_from_the_composed_config():
     assert plan("quick=true").methods == paper
     assert plan("quick=true", "methods=[lstm,label_query]").methods == ["lstm", "label_query"]
     assert plan("quick=true", "quick_methods=[lstm,svm]").methods == ["lstm", "svm"]
-    with pytest.raises(TagrankError, match=r"^methods=\[lstm,nosuch\]: expected a list of"):
+    with pytest.raises(TagrankError, match=r"^quick_methods=\[lstm,nosuch\]: expected a list of .*\(quick_methods="):
         plan("quick=true", "quick_methods=[lstm,nosuch]")
+    with pytest.raises(TagrankError, match=r"^reference=lstm .* is not among quick_methods=\[svm\]"):
+        plan("quick=true", "quick_methods=[svm]")
     # SLURM is the composed launcher, however it was chosen
     assert plan("launcher=slurm").slurm and not plan("launcher=local").slurm
     assert plan("hydra/launcher=submitit_slurm").slurm
     assert table1.comma_list(["seeds=2", "methods=scorer,svm"]) == \
         "methods=scorer,svm: a list is written methods=[scorer,svm] (Hydra's list form)"
     assert table1.comma_list(["methods=[scorer,svm]", "data.noise=0.1"]) is None
+    assert table1.comma_list(["quick=true", "quick_methods=scorer,svm"]) == \
+        "quick_methods=scorer,svm: a list is written quick_methods=[scorer,svm] (Hydra's list form)"
 
 
 def test_every_default_method_has_a_label_and_the_paper_rows_come_first():
@@ -385,6 +389,11 @@ def test_recurrent_runs_are_shared_between_concurrent_jobs():
                                 "naive_rnn, naive_rnn_captioning, scorer, scorer_lambdaloss, scorer_tuned, svm, svm_rank "
                                 "(methods=[lstm,svm])"),
     (["methods='scorer,svm'"], "methods=scorer,svm: a list is written methods=[scorer,svm] (Hydra's list form)"),
+    (["quick_methods=[lstm,svm]"], "quick_methods=[lstm,svm]: the list quick=true runs, so here it would change "
+                                   "nothing: add quick=true, or pass methods=[...]"),
+    (["quick=true", "methods=[lstm]", "quick_methods=[svm]"], "quick_methods=[svm]: the list quick=true runs, so "
+                                                               "here it would change nothing: pass one of methods= "
+                                                               "and quick_methods="),
     (["model=svm"], "model=svm: table1 sets model for each run; pass methods=[...]"),
     (["seed=1"], "seed=1: table1 sets seed for each run; pass seeds=<how many>"),
     (["data=flickr8k", "quick=true"], "quick=true shrinks the synthetic data; it does not apply to data=flickr8k"),

@@ -12,6 +12,7 @@ Subclasses take plain hyperparameters only (numbers, strings, lists) and call
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Annotated, Callable
 
 import torch
@@ -21,7 +22,7 @@ from lightning import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
-from tagrank.checkpoint import read_model, read_plateau, write_model, write_plateau
+from tagrank.checkpoint import hyperparameters, load, read_model, read_plateau, write_model, write_plateau
 from tagrank.config import PositiveInt
 from tagrank.errors import TagrankError
 from tagrank.metrics import RankingMetrics, Relevance, SetMetrics
@@ -90,6 +91,17 @@ class RankedTagger(LightningModule):
         return None
 
     # -- shared machinery -----------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's, with the hyperparameters the class gained since the checkpoint was written at the
+        value they had then (tagrank.checkpoint.ADDED_HPARAMS), not today's default: Lightning builds the
+        model from the saved ones before any hook runs, so a missing one would build another layout."""
+        if isinstance(checkpoint_path, (str, Path)):
+            saved = load(Path(checkpoint_path))
+            added = {k: v for k, v in hyperparameters(saved).items() if k not in (saved.get("hyper_parameters") or {})}
+            kwargs = {**added, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         write_model(checkpoint, self)  # eval, predict, export and resume rebuild the right class from it alone
 

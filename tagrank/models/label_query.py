@@ -14,16 +14,18 @@ Why the layers have no self-attention among the tag queries (``self_attention=Fa
 Classification Head") drops it from Query2Label's decoder layer, as the part whose cost grows with the
 square of the number of queries, keeping each query's cross-attention over the map and its
 feed-forward. With Flickr8k's 451 tags ``nn.TransformerDecoderLayer`` (``self_attention=True``, kept
-for comparison) made a training step about 2.4x dearer (``make bench ARGS="--only label_query"``;
-docs/speed.md): ~4 s a step on the shared 2 cores, too slow for the 3000-step schedule
-(results/flickr8k/spatial.md). Without it a tag's score depends on its own query and the image alone,
-never on the other tags' queries (tests/test_label_query.py).
+for comparison) made a training step 2.3-2.4x dearer: 1.6-2.2 s against 0.7-0.9 s (``make bench
+ARGS="--only label_query"``, docs/speed.md: the step alone, one thread, the 2 cores loaded by other runs,
+load average 3.8-5). In the Flickr8k training run of results/flickr8k/spatial.md (OMP_NUM_THREADS=1 runs,
+two at most beside each other, the machine loaded by that earlier session's other work) its steps took
+~4 s each, too slow for the 3000-step schedule. Without it a tag's score depends on its own query and
+the image alone, never on the other tags' queries (tests/test_label_query.py).
 
 ``groups`` (ML-Decoder's group decoding; null, one query per tag, by default): ``groups`` queries,
 query t mod ``groups`` reading out tag t by a linear map of its own per tag. What is left of the step's
 cost is mostly the feed-forward, which runs once per query: at 100 groups for 451 tags the step is
-about 4x cheaper again (same benchmark), but tags of one group share one attention over the cells, so
-whether that costs ranking quality is for val to say.
+about 4x cheaper again (same benchmark, same load), but tags of one group share one attention over the
+cells, so whether that costs ranking quality is for val to say.
 """
 
 from __future__ import annotations
@@ -95,8 +97,10 @@ class LabelQueryDecoder(ListwiseTagger):
         # Query t mod Q reads out tag t (with groups: round-robin, so every query has ceil(V/Q) or one
         # fewer tags; ML-Decoder's consecutive blocks would leave the last queries no tag at all, e.g. 9
         # of 100 for 451 tags). The outputs past V of the queries with one tag fewer are cut off.
+        # Stored flat, row t reading out tag t (then the padding rows), so with groups=null it is [V, d] as in
+        # every checkpoint written before groups existed; forward() views it as [per_query, Q, d].
         self.per_query = math.ceil(num_tags / queries)
-        self.read_out = nn.Parameter(torch.randn(queries, self.per_query, d_model) * d_model ** -0.5)
+        self.read_out = nn.Parameter(torch.randn(self.per_query * queries, d_model) * d_model ** -0.5)
         self.read_bias = nn.Parameter(torch.zeros(num_tags))
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
@@ -108,5 +112,6 @@ class LabelQueryDecoder(ListwiseTagger):
         else:
             for layer in self.decoder:
                 out = layer(out, cells)
-        scores = (out.unsqueeze(2) * self.read_out).sum(-1)  # [B, Q, per_query]: slot j of query q is tag j*Q + q
-        return scores.transpose(1, 2).flatten(1)[:, :self.num_tags] + self.read_bias
+        read_out = self.read_out.view(self.per_query, out.shape[1], -1)  # [per_query, Q, d]: [j, q] is tag j*Q + q
+        scores = (out.unsqueeze(1) * read_out).sum(-1)  # [B, per_query, Q]
+        return scores.flatten(1)[:, :self.num_tags] + self.read_bias
