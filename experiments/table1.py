@@ -10,7 +10,9 @@
    (``tagrank-train -m model=svm,svm_rank,frequency seed=0 data=<data> hydra.sweep.dir=<sweep>/frozen``);
    then the methods that fine-tune (lstm, the Naive-RNNs, the scorers, lstm_attention, label_query) with their staged
    schedule (``finetune``, below), as ``jobs`` multiruns at once into ``<sweep>/finetuned-<N>``, as in
-   the paper: the SVMs are trained on the frozen CNN's features, the RNNs fine-tune it. Every
+   the paper: the SVMs are trained on the frozen CNN's features, the RNNs fine-tune it (on Flickr8k
+   every method stays on the frozen backbone, ``experiment=flickr8k_frozen``, and ``protocol.flickr8k``
+   in table1.yaml gives every run the same backbone). Every
    tagrank-train setting given (``data=``, ``logger=``, ``experiment=``, ``launcher=``,
    ``trainer.max_epochs=5``, ``data.root=...``, ``hydra.launcher.partition=gpu``) goes to every run.
 2. Aggregates the run directories (``tagrank.report``) into ``<results>/<data>/``: ``table1.md``,
@@ -20,7 +22,7 @@
    them to an "aggregate" run of the chosen logger (wandb: offline unless WANDB_MODE=online).
 
 Settings: ``tagrank/conf/table1.yaml`` (``train.yaml`` and methods, quick_methods, seeds, quick, results, sweep_dir,
-aggregate, finetune, jobs, reference, each explained there), composed by Hydra as tagrank's commands are,
+aggregate, protocol, finetune, jobs, reference, each explained there), composed by Hydra as tagrank's commands are,
 so a misspelt setting is refused before anything runs. The data, logger and launcher are the composed
 config's choices (``data=``, ``logger=``, ``launcher=``, or an ``experiment=`` that picks them).
 
