@@ -83,6 +83,25 @@ def _tree(folder) -> dict[str, str]:
             if p.is_file()}
 
 
+def test_a_new_run_in_a_finished_run_s_folder_is_refused_and_its_checkpoints_kept(tmp_path, cache_dir, cli_env):
+    """E.g. an Optuna study continued into the sweep folder of its first trials: Hydra numbers the new trials'
+    folders 0, 1, ... again, and the new trial 0 wrote over the first one's checkpoints."""
+    run = tmp_path / "run"
+    train(compose_cfg(TINY + ["trainer.max_epochs=1"], run, cache_dir))
+    def kept_files() -> dict[str, str]:  # Hydra rewrites .hydra/ and adds to the log before tagrank runs
+        return {k: v for k, v in _tree(run).items() if not k.startswith(".hydra") and not k.endswith(".log")}
+
+    kept = kept_files()
+    assert "checkpoints/best.ckpt" in kept and "checkpoints/last.ckpt" in kept
+    proc = run_command(train_main, [*TINY, "model.dropout=0.3", f"hydra.run.dir={run}"], cli_env, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"tagrank: error: {run} already holds a run's checkpoints (best.ckpt, last.ckpt): a new run there would write "
+        f"over them. Resume it with ckpt_path={run}/checkpoints/last.ckpt, or give this run a folder of its own "
+        "(hydra.run.dir=..., or a new hydra.sweep.dir=... for a multirun)")
+    assert kept_files() == kept
+
+
 def test_resuming_with_other_model_settings_stops_at_once_and_leaves_the_run_untouched(tmp_path, cache_dir, cli_env):
     run = tmp_path / "run"
     first = ["model.dropout=0.25", "model.betas=[0.9,0.99]", "data.batch_size=32"]

@@ -148,6 +148,8 @@ def resume_point(cfg: DictConfig) -> str | None:
         return str(ckpt)
     run_dir = Path(cfg.paths.output_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
+    if not SLURMEnvironment.detect():
+        refuse_finished_run(run_dir)
     if SLURMEnvironment.detect():
         hpc = max(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
         if last.is_file() and (hpc is None or last.stat().st_mtime > hpc.stat().st_mtime):
@@ -156,6 +158,19 @@ def resume_point(cfg: DictConfig) -> str | None:
         if hpc is not None:  # Lightning resumes from it by itself; its own "Restoring states" line is filtered
             log.info("SLURM job restarted: resuming from %s", hpc)
     return None
+
+
+def refuse_finished_run(run_dir: Path) -> None:
+    """A new run in a folder that holds another run's checkpoints would write over them: e.g. an Optuna
+    study continued into the ``hydra.sweep.dir`` of its first trials, whose trial folders 0, 1, ... Hydra
+    numbers anew. Refused before anything is written there by tagrank (Hydra has already rewritten the
+    folder's ``.hydra/``; the checkpoints, which hold their own settings, are what this keeps). Under
+    SLURM a requeued job finds its own checkpoints there and resumes from them (:func:`resume_point`)."""
+    found = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    if found:
+        raise TagrankError(f"{run_dir} already holds a run's checkpoints ({', '.join(found)}): a new run there would "
+                           f"write over them. Resume it with ckpt_path={run_dir / 'checkpoints' / ('last.ckpt' if 'last.ckpt' in found else found[-1])}, or give "
+                           "this run a folder of its own (hydra.run.dir=..., or a new hydra.sweep.dir=... for a multirun)")
 
 
 def append_log(mine: Path, theirs: Path) -> None:
