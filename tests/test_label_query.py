@@ -72,6 +72,18 @@ def test_more_groups_than_tags_is_refused():
         LabelQueryDecoder(NUM_TAGS, groups=10)
 
 
+def ranks_as_written(cfg, model, run):
+    """Assert the reloaded model ranks the test images as the run's predictions.jsonl says; its data module."""
+    dm = build_data(cfg)
+    attach_inputs(cfg, dm, model, need_images=False)
+    rows = dm.rows("test")
+    with torch.no_grad():
+        ranked = model.eval().rank({"features": dm.features[rows], "target": dm.targets[rows]})
+    written = [json.loads(line)["predicted"] for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert [dm.vocab.decode(r) for r in ranked.tolist()] == written
+    return dm
+
+
 def test_a_run_with_groups_reloads_from_its_checkpoint(tmp_path, cache_dir):
     """The real Trainer with model.groups=5 (the synthetic set has more tags than that); best.ckpt rebuilds
     the model with its groups, and it ranks the test images as the run wrote them."""
@@ -81,13 +93,7 @@ def test_a_run_with_groups_reloads_from_its_checkpoint(tmp_path, cache_dir):
     model = LabelQueryDecoder.load_from_checkpoint(tmp_path / "checkpoints/best.ckpt", map_location="cpu",
                                                    weights_only=True)
     assert model.hparams.groups == 5 and not model.hparams.self_attention and model.queries.shape[0] == 5
-    dm = build_data(cfg)
-    attach_inputs(cfg, dm, model, need_images=False)
-    rows = dm.rows("test")
-    with torch.no_grad():
-        ranked = model.eval().rank({"features": dm.features[rows], "target": dm.targets[rows]})
-    written = [json.loads(line)["predicted"] for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
-    assert [dm.vocab.decode(r) for r in ranked.tolist()] == written
+    dm = ranks_as_written(cfg, model, tmp_path)
 
 
 class OldLabelQueryDecoder(ListwiseTagger):
@@ -143,13 +149,7 @@ def test_a_checkpoint_from_before_self_attention_existed_loads_predicts_and_resu
     model = LabelQueryDecoder.load_from_checkpoint(best, map_location="cpu", weights_only=True)
     assert model.hparams.self_attention and model.hparams.groups is None
     assert isinstance(model.decoder, nn.TransformerDecoder)
-    dm = build_data(cfg)
-    attach_inputs(cfg, dm, model, need_images=False)
-    rows = dm.rows("test")
-    with torch.no_grad():
-        ranked = model.eval().rank({"features": dm.features[rows], "target": dm.targets[rows]})
-    written = [json.loads(line)["predicted"] for line in (tmp_path / "old/predictions.jsonl").read_text().splitlines()]
-    assert [dm.vocab.decode(r) for r in ranked.tolist()] == written
+    dm = ranks_as_written(cfg, model, tmp_path / "old")
 
     tagger = load_tagger(OmegaConf.create({"ckpt_path": str(best), "top_k": None, "stop": False}))
     assert isinstance(tagger.model.decoder, nn.TransformerDecoder) and tagger.tags == list(dm.vocab.tags)
